@@ -1,0 +1,174 @@
+"""Run configuration: built-in defaults <- YAML file <- ``--set key=value`` overrides, validated.
+
+Every error names the dotted key (``split.test_fraction``) and what was wrong with it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import yaml
+
+from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from .models.registry import DEFAULT_MODEL
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Field:
+    default: Any
+    kind: type | tuple[type, ...]
+    check: Callable[[Any], bool] | None = None
+    rule: str = ""
+    nullable: bool = False
+
+
+def _fraction(v):
+    return 0.0 <= v < 1.0
+
+
+def _positive(v):
+    return v > 0
+
+
+def _list_of(kind, check=None):
+    return lambda v: all(isinstance(x, kind) and not isinstance(x, bool) and (check is None or check(x)) for x in v) and len(v) > 0
+
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "data": {
+        "images": Field(None, str, nullable=True, rule="a folder with one sub-folder per class"),
+        "manifest": Field(None, str, nullable=True, rule="a CSV with columns path,label"),
+        "extensions": Field(list(IMAGE_EXTENSIONS), list, _list_of(str), "a non-empty list of file extensions"),
+        "max_pixels": Field(DEFAULT_MAX_PIXELS, int, _positive, "a positive integer"),
+        "max_file_mb": Field(64, (int, float), _positive, "a positive number of megabytes"),
+    },
+    "split": {
+        "test_fraction": Field(1 / 3, (int, float), lambda v: 0 < v < 1, "a number in (0, 1)"),
+        "validation_fraction": Field(0.0, (int, float), _fraction, "a number in [0, 1)"),
+        "seed": Field(12, int),
+    },
+    "model": {
+        "name": Field(DEFAULT_MODEL, str),
+        "weights": Field(None, str, nullable=True, rule="a path to a weights file"),
+        "cache_dir": Field(None, str, nullable=True, rule="a folder"),
+        "mirror_url": Field(None, str, nullable=True, rule="a base URL serving weight files by name"),
+        "download": Field(True, bool),
+    },
+    "featurize": {
+        "batch_size": Field(32, int, _positive, "a positive integer"),
+        "threads": Field(0, int, lambda v: v >= 0, "0 (one per task core) or a positive integer"),
+    },
+    "train": {
+        "reg_param": Field([0.0, 0.01, 0.1], list, _list_of((int, float), lambda x: x >= 0), "a list of numbers >= 0"),
+        "elastic_net_param": Field([0.0, 0.5], list, _list_of((int, float), lambda x: 0 <= x <= 1), "a list of numbers in [0, 1]"),
+        "max_iter": Field([100], list, _list_of(int, _positive), "a list of positive integers"),
+        "folds": Field(3, int, lambda v: v >= 2, "an integer >= 2"),
+        "metric": Field("logLoss", str, lambda v: v in ("logLoss", "accuracy", "f1"), "one of logLoss, accuracy, f1"),
+        "seed": Field(42, int),
+    },
+    "output": {
+        "dir": Field("runs/latest", str),
+    },
+    "spark": {
+        "master": Field(None, str, nullable=True, rule="a Spark master URL such as local[2]"),
+        "app_name": Field("sparkvision", str),
+        "conf": Field({}, dict, lambda v: all(isinstance(k, str) for k in v), "a mapping of Spark settings"),
+    },
+}
+
+
+class Config(dict):
+    """Nested dict with attribute-free, explicit access: ``cfg["split"]["seed"]`` or ``cfg.get_key("split.seed")``."""
+
+    def get_key(self, dotted: str):
+        section, key = dotted.split(".", 1)
+        return self[section][key]
+
+
+def defaults() -> Config:
+    return Config({s: {k: copy.deepcopy(f.default) for k, f in fields.items()} for s, fields in SCHEMA.items()})
+
+
+def _merge(cfg: Config, data: dict, origin: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of sections ({', '.join(SCHEMA)})")
+    for section, values in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{origin}: unknown section {section!r}; known: {', '.join(SCHEMA)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: section {section!r} must be a mapping")
+        for key, value in values.items():
+            set_key(cfg, f"{section}.{key}", value, origin)
+
+
+def set_key(cfg: Config, dotted: str, value: Any, origin: str = "override") -> None:
+    section, _, key = dotted.partition(".")
+    if section not in SCHEMA or key not in SCHEMA[section]:
+        known = ", ".join(f"{section}.{k}" for k in SCHEMA.get(section, {})) or ", ".join(SCHEMA)
+        raise ConfigError(f"{origin}: unknown config key {dotted!r}; known: {known}")
+    f = SCHEMA[section][key]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and f.kind is list:
+        value = [value]  # ``--set train.max_iter=30`` means a one-point grid
+    ok = (value is None and f.nullable) or (
+        isinstance(value, f.kind) and not (isinstance(value, bool) and f.kind is not bool)
+    )
+    if ok and value is not None and f.check is not None:
+        ok = f.check(value)
+    if not ok:
+        rule = f.rule or (f.kind.__name__ if isinstance(f.kind, type) else " or ".join(k.__name__ for k in f.kind))
+        raise ConfigError(f"{origin}: config key {dotted!r} must be {rule}; got {value!r}")
+    cfg[section][key] = value
+
+
+def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides (values parsed as YAML)."""
+    cfg = defaults()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        _merge(cfg, data, path)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        set_key(cfg, key.strip(), value, origin=f"--set {key.strip()}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span keys."""
+    if cfg["data"]["images"] and cfg["data"]["manifest"]:
+        raise ConfigError("config keys 'data.images' and 'data.manifest' are exclusive: give one")
+    total = cfg["split"]["test_fraction"] + cfg["split"]["validation_fraction"]
+    if total >= 1:
+        raise ConfigError(
+            f"config keys 'split.test_fraction' + 'split.validation_fraction' must be < 1; got {total:g}"
+        )
+    from .models import registry
+
+    try:
+        registry.get(cfg["model"]["name"])
+    except KeyError as exc:
+        raise ConfigError(f"config key 'model.name': {exc.args[0]}") from None
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(dict(cfg), sort_keys=False)

@@ -1,0 +1,198 @@
+"""``DeepImageFeaturizer``: encoded image bytes -> pooled CNN features, as a Spark ML Transformer.
+
+An iterator pandas UDF builds the Keras model once per Python worker (kept across tasks with
+``spark.python.worker.reuse``), decodes each Arrow batch with Pillow, and runs the network on
+``batchSize`` images at a time with TensorFlow's threads bounded to the task's cores. The stage
+persists its parameters only: the model name and the sha256 of its weights file, which every
+worker re-checks, so a saved pipeline never carries (or silently swaps) weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.functions import array_to_vector
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from . import images as imglib
+from .models import registry
+from .models.weights import file_digest, resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+class WeightsChecksumError(ValueError):
+    pass
+
+
+class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+    """Featurize images with a pretrained ImageNet CNN (global-average-pooled, RGB, model's own preprocessing)."""
+
+    modelName = Param(Params._dummy(), "modelName", "model name in the sparkvision registry", TypeConverters.toString)
+    weightsPath = Param(Params._dummy(), "weightsPath", "explicit weights file (optional)", TypeConverters.toString)
+    weightsChecksum = Param(
+        Params._dummy(), "weightsChecksum", "sha256 of the weights file; set on first use and verified after",
+        TypeConverters.toString,
+    )
+    cacheDir = Param(Params._dummy(), "cacheDir", "weights cache folder (optional)", TypeConverters.toString)
+    mirrorUrl = Param(Params._dummy(), "mirrorUrl", "base URL of a weights mirror (optional)", TypeConverters.toString)
+    batchSize = Param(Params._dummy(), "batchSize", "images per network call", TypeConverters.toInt)
+    numThreads = Param(
+        Params._dummy(), "numThreads", "TensorFlow threads per task; 0 = the task's cores", TypeConverters.toInt
+    )
+    maxPixels = Param(Params._dummy(), "maxPixels", "largest image (pixels) decoded", TypeConverters.toInt)
+
+    @keyword_only
+    def __init__(
+        self,
+        inputCol: str = "content",
+        outputCol: str = "features",
+        modelName: str = registry.DEFAULT_MODEL,
+        weightsPath: str | None = None,
+        weightsChecksum: str | None = None,
+        cacheDir: str | None = None,
+        mirrorUrl: str | None = None,
+        batchSize: int = 32,
+        numThreads: int = 0,
+        maxPixels: int = imglib.DEFAULT_MAX_PIXELS,
+    ):
+        super().__init__()
+        self._setDefault(
+            inputCol="content", outputCol="features", modelName=registry.DEFAULT_MODEL, batchSize=32,
+            numThreads=0, maxPixels=imglib.DEFAULT_MAX_PIXELS,
+        )
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs):
+        return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def _opt(self, param: Param) -> str | None:
+        return self.getOrDefault(param) if self.isDefined(param) else None
+
+    def spec(self) -> registry.ModelSpec:
+        return registry.get(self.getOrDefault(self.modelName))
+
+    def resolveWeights(self) -> str:
+        """Resolve the weights file here (driver), pin its sha256 in ``weightsChecksum`` and return its path."""
+        spec = self.spec()
+        path = resolve_weights(spec, self._opt(self.weightsPath), self._opt(self.cacheDir), self._opt(self.mirrorUrl))
+        digest = file_digest(path)
+        pinned = self._opt(self.weightsChecksum)
+        if pinned and pinned != digest:
+            raise WeightsChecksumError(
+                f"weights for {spec.name} at {path} have sha256 {digest}, but this featurizer was built with {pinned}"
+            )
+        self._set(weightsChecksum=digest)
+        return str(path)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        in_col = self.getInputCol()
+        if in_col not in dataset.columns:
+            raise ValueError(f"DeepImageFeaturizer: input column {in_col!r} not in {dataset.columns}")
+        if not isinstance(dataset.schema[in_col].dataType, T.BinaryType):
+            raise ValueError(
+                f"DeepImageFeaturizer: input column {in_col!r} must hold encoded image bytes (binary), "
+                f"got {dataset.schema[in_col].dataType.simpleString()}"
+            )
+        self.resolveWeights()
+        udf = featurize_udf(WorkerModelKey.from_featurizer(self), self.getOrDefault(self.batchSize),
+                            self.getOrDefault(self.numThreads), self.getOrDefault(self.maxPixels))
+        return dataset.withColumn(self.getOutputCol(), array_to_vector(udf(F.col(in_col))))
+
+
+class WorkerModelKey(tuple):
+    """What a worker needs to find and verify the same weights: (model, path, cache, mirror, sha256)."""
+
+    @classmethod
+    def from_featurizer(cls, f: DeepImageFeaturizer) -> "WorkerModelKey":
+        return cls((f.spec().name, f._opt(f.weightsPath), f._opt(f.cacheDir), f._opt(f.mirrorUrl),
+                    f.getOrDefault(f.weightsChecksum)))
+
+
+_MODELS: dict[tuple, tuple] = {}
+_TF_THREADS: int | None = None
+
+
+def configure_tensorflow(threads: int) -> None:
+    """Set TF's thread pools once per process, before its first op (it raises if done later)."""
+    global _TF_THREADS
+    if _TF_THREADS is not None:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:  # TF already initialised in this process (e.g. tests): keep its pools
+        log.debug("TensorFlow already initialised; thread settings unchanged")
+    _TF_THREADS = threads
+
+
+def load_worker_model(key: WorkerModelKey):
+    """``(predict_fn, preprocess, input_size)`` for this process, built once and cached."""
+    if key not in _MODELS:
+        name, weights_path, cache_dir, mirror_url, checksum = key
+        spec = registry.get(name)
+        path = resolve_weights(spec, weights_path, cache_dir, mirror_url)
+        if file_digest(path) != checksum:
+            raise WeightsChecksumError(
+                f"worker found weights for {name} at {path} with sha256 {file_digest(path)}, driver pinned {checksum}"
+            )
+        import tensorflow as tf
+
+        model = spec.build(str(path))
+        predict = tf.function(
+            lambda x: model(x, training=False),
+            input_signature=[tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.float32)],
+            reduce_retracing=True,
+        )
+        _MODELS[key] = (predict, spec.preprocess_fn(), spec.input_size)
+    return _MODELS[key]
+
+
+def featurize_arrays(key: WorkerModelKey, batch: np.ndarray) -> np.ndarray:
+    """Features for a ``(n, size, size, 3)`` uint8/float RGB batch (what the UDF runs per batch)."""
+    predict, preprocess, _ = load_worker_model(key)
+    x = preprocess(np.array(batch, dtype=np.float32))
+    return np.asarray(predict(np.asarray(x, dtype=np.float32)))
+
+
+def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels: int):
+    @F.pandas_udf(T.ArrayType(T.FloatType()))
+    def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        configure_tensorflow(threads or (ctx.cpus() if ctx else 1))
+        _, _, size = load_worker_model(key)
+        for series in batches:
+            out: list = [None] * len(series)
+            for start in range(0, len(series), batch_size):
+                arrays, positions = [], []
+                for i, data in enumerate(series.iloc[start:start + batch_size], start=start):
+                    try:
+                        arrays.append(imglib.decode_for_model(data, size, max_pixels))
+                        positions.append(i)
+                    except imglib.ImageRejected as exc:
+                        log.warning("featurizer: row skipped, %s", exc)
+                if arrays:
+                    feats = featurize_arrays(key, np.stack(arrays))
+                    for i, row in zip(positions, feats):
+                        out[i] = row
+            yield pd.Series(out, dtype=object)
+
+    return featurize

@@ -1,0 +1,121 @@
+"""Decode image bytes with Pillow into RGB, the same way for validation, featurizing and reference Keras.
+
+``decode_rgb`` is the single decode path: EXIF orientation applied, any mode (L, P, RGBA, CMYK,
+16-bit, float) turned into 8-bit RGB, alpha composited onto white. ``resize_for_model`` matches
+``keras.utils.load_img(path, target_size=(s, s), interpolation="bilinear")`` for plain RGB files.
+Failures raise :class:`ImageRejected` with a reason meant for the rejected-files report.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp")
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+RESAMPLE = Image.BILINEAR
+
+
+class ImageRejected(ValueError):
+    """An input file that cannot be used; ``str(exc)`` is the reason."""
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    # Our own limit is checked explicitly; only raise Pillow's when the user allows more.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; high bit depths are scaled, transparency goes onto white."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            peak = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
+            scaled = arr / peak * 255.0
+        else:
+            scaled = arr / 257.0 if mode.startswith("I;16") or (arr.size and arr.max() > 255) else arr
+        img = Image.fromarray(np.clip(np.rint(np.nan_to_num(scaled)), 0, 255).astype(np.uint8), "L")
+        mode = "L"
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img if mode == "RGB" else img.convert("RGB")
+
+
+def decode_rgb(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode encoded bytes fully into an upright RGB image, or raise :class:`ImageRejected`.
+
+    ``draft`` lets JPEG decode at a reduced scale (validation only: every byte is still decoded).
+    """
+    if data is None or len(data) == 0:
+        raise ImageRejected("empty file (0 bytes)")
+    _allow_pixels(max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageRejected(
+                    f"too many pixels: {width}x{height} = {width * height:,} > max_pixels {max_pixels:,}"
+                )
+            if draft and img.format == "JPEG":
+                img.draft("RGB", draft)
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"too many pixels (decompression bomb): {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image: Pillow cannot identify the file format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError) as exc:
+        raise ImageRejected(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
+
+
+def inspect(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int | None, int | None, str | None]:
+    """``(width, height, None)`` for a usable image (upright size), else ``(None, None, reason)``."""
+    try:
+        img = decode_rgb(data, max_pixels, draft=(256, 256))
+    except ImageRejected as exc:
+        return None, None, str(exc)
+    # draft may have scaled the JPEG down: report the original, upright size.
+    with Image.open(io.BytesIO(data)) as original:
+        w, h = original.size
+        if _orientation_swaps_axes(original):
+            w, h = h, w
+    del img
+    return w, h, None
+
+
+def _orientation_swaps_axes(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # unreadable EXIF: exif_transpose ignores it too
+        return False
+
+
+def resize_for_model(img: Image.Image, size: int) -> np.ndarray:
+    """RGB image -> ``(size, size, 3)`` uint8 array, bilinear like ``keras.utils.load_img``."""
+    if img.size != (size, size):
+        img = img.resize((size, size), RESAMPLE)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode_for_model(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    return resize_for_model(decode_rgb(data, max_pixels), size)
+
+
+def has_image_extension(path: str, extensions=IMAGE_EXTENSIONS) -> bool:
+    return path.rsplit(".", 1)[-1].lower() in extensions if "." in path.rsplit("/", 1)[-1] else False

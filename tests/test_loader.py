@@ -1,0 +1,128 @@
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from badfiles import make_bad_input_set
+from sparkvision import config, loader
+
+
+def _data_cfg(**kw):
+    cfg = config.defaults()["data"]
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def bad_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad input")
+    return root, make_bad_input_set(root)
+
+
+@pytest.fixture(scope="module")
+def bad_loaded(spark, bad_set):
+    root, _ = bad_set
+    return loader.load_images(spark, _data_cfg(images=str(root)))
+
+
+def test_nothing_is_lost(bad_loaded, bad_set):
+    _, expected = bad_set
+    r = bad_loaded
+    assert r.discovered == len(expected)
+    assert r.accepted + r.n_rejected == r.discovered
+    ids = [row.image_id for row in r.images.select("image_id").union(r.rejected.select("image_id")).collect()]
+    assert sorted(ids) == sorted(expected)  # each file exactly once
+
+
+def test_accepted_and_rejected_with_reasons(bad_loaded, bad_set):
+    _, expected = bad_set
+    accepted = {row.image_id for row in bad_loaded.images.select("image_id").collect()}
+    assert accepted == {k for k, v in expected.items() if v is None}
+    reasons = {row.image_id: row.reason for row in bad_loaded.rejected.collect()}
+    for image_id, needle in expected.items():
+        if needle is not None:
+            assert needle in reasons[image_id], (image_id, reasons[image_id])
+
+
+def test_labels_and_indices_follow_sorted_class_names(spark, bad_loaded):
+    assert bad_loaded.classes == ["cats", "dogs"]
+    got = bad_loaded.images.select("image_id", "label", "label_index").filter(
+        F.col("image_id").isin("cats/good1.jpg", "dogs/good3.jpg")
+    )
+    want = spark.createDataFrame(
+        [("cats/good1.jpg", "cats", 0), ("dogs/good3.jpg", "dogs", 1)], "image_id string, label string, label_index int"
+    )
+    assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True, ignore_metadata=True)
+    assert loader.classes_of(bad_loaded.images) == ["cats", "dogs"]
+
+
+def test_exif_rotated_size_is_upright(bad_loaded):
+    row = bad_loaded.images.filter(F.col("image_id") == "cats/exif_rotated.jpg").first()
+    assert (row.width, row.height) == (20, 40)
+
+
+def test_oversized_file_is_rejected_without_reading_it(spark, bad_set):
+    root, _ = bad_set
+    r = loader.load_images(spark, _data_cfg(images=str(root), max_file_mb=0.01))
+    reasons = {row.image_id: row.reason for row in r.rejected.collect()}
+    assert "file too large" in reasons["dogs/bomb.png"]
+    assert r.accepted + r.n_rejected == r.discovered
+
+
+def test_manifest(spark, bad_set, tmp_path):
+    root, _ = bad_set
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "path,label\n"
+        f"{root}/cats/good1.jpg,tabby\n"
+        f"{root}/cats/good2.png,tabby\n"
+        f"{root}/dogs/good3.jpg,hound\n"
+        f"{root}/dogs/truncated.jpg,hound\n"
+        f"{root}/dogs/good3.jpg,hound\n",
+        encoding="utf-8",
+    )
+    r = loader.load_images(spark, _data_cfg(manifest=str(manifest)))
+    assert (r.discovered, r.accepted, r.n_rejected) == (5, 3, 2)
+    assert r.classes == ["hound", "tabby"]
+    reasons = sorted(row.reason for row in r.rejected.collect())
+    assert "truncated" in reasons[0] and reasons[1] == "duplicate of manifest row 4"
+
+
+def test_manifest_relative_paths_and_missing_file_error_names_row(spark, bad_set, tmp_path):
+    root, _ = bad_set
+    manifest = root / "m.csv"
+    manifest.write_text("path,label\ncats/good1.jpg,a\ndogs/missing.jpg,b\n", encoding="utf-8")
+    try:
+        with pytest.raises(loader.LoadError, match=r"row 3: dogs/missing.jpg"):
+            loader.load_images(spark, _data_cfg(manifest=str(manifest)))
+    finally:
+        manifest.unlink()
+
+
+def test_manifest_without_label_column(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("file,class\na.jpg,x\n")
+    with pytest.raises(loader.LoadError, match="missing column"):
+        loader.read_manifest(str(m))
+
+
+def test_missing_path(spark, tmp_path):
+    with pytest.raises(loader.LoadError, match="does not exist"):
+        loader.load_images(spark, _data_cfg(images=str(tmp_path / "nope")))
+
+
+def test_fewer_than_two_classes(spark, tmp_path):
+    from sparkvision.sample_data import make_digits
+
+    make_digits(str(tmp_path), per_class=2, digits=(3,), size=16)
+    with pytest.raises(loader.LoadError, match="at least 2 classes"):
+        loader.load_images(spark, _data_cfg(images=str(tmp_path)))
+
+
+def test_class_without_valid_image(spark, tmp_path):
+    from sparkvision.sample_data import make_digits
+
+    make_digits(str(tmp_path), per_class=2, digits=(1, 2), size=16)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.jpg").write_bytes(b"nope")
+    with pytest.raises(loader.LoadError, match=r"'broken' have no valid image.*not an image"):
+        loader.load_images(spark, _data_cfg(images=str(tmp_path)))

@@ -60,3 +60,25 @@ def digits_small(tmp_path_factory) -> Path:
     from sparkvision.sample_data import make_digits
 
     return Path(make_digits(str(tmp_path_factory.mktemp("digits")), per_class=10, digits=(0, 1, 7)))
+
+
+@pytest.fixture(scope="session")
+def football_loaded(spark, football):
+    from sparkvision import config, loader
+
+    data = config.defaults()["data"]
+    data["images"] = str(football)
+    return loader.load_images(spark, data)
+
+
+@pytest.fixture(scope="session")
+def football_features(spark, football_loaded):
+    """Football images featurized once with the offline default model, cached for every test that needs them."""
+    from pyspark import StorageLevel
+
+    from sparkvision.featurizer import DeepImageFeaturizer
+
+    featurizer = DeepImageFeaturizer(modelName="efficientnet_lite0")
+    features = featurizer.transform(football_loaded.images).drop("content").persist(StorageLevel.MEMORY_AND_DISK)
+    features.count()
+    return featurizer, features

@@ -143,7 +143,7 @@ def configure_tensorflow(threads: int) -> None:
 
 
 def load_worker_model(key: WorkerModelKey):
-    """``(predict_fn, preprocess, input_size)`` for this process, built once and cached."""
+    """``(predict_fn, preprocess, spec)`` for this process, built once and cached."""
     if key not in _MODELS:
         name, weights_path, cache_dir, mirror_url, checksum = key
         spec = registry.get(name)
@@ -160,7 +160,7 @@ def load_worker_model(key: WorkerModelKey):
             input_signature=[tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.float32)],
             reduce_retracing=True,
         )
-        _MODELS[key] = (predict, spec.preprocess_fn(), spec.input_size)
+        _MODELS[key] = (predict, spec.preprocess_fn(), spec)
     return _MODELS[key]
 
 
@@ -178,14 +178,14 @@ def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels
 
         ctx = TaskContext.get()
         configure_tensorflow(threads or (ctx.cpus() if ctx else 1))
-        _, _, size = load_worker_model(key)
+        _, _, spec = load_worker_model(key)
         for series in batches:
             out: list = [None] * len(series)
             for start in range(0, len(series), batch_size):
                 arrays, positions = [], []
                 for i, data in enumerate(series.iloc[start:start + batch_size], start=start):
                     try:
-                        arrays.append(imglib.decode_for_model(data, size, max_pixels))
+                        arrays.append(imglib.decode_for_model(data, spec.input_size, spec.crop_fraction, max_pixels))
                         positions.append(i)
                     except imglib.ImageRejected as exc:
                         log.warning("featurizer: row skipped, %s", exc)

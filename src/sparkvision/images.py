@@ -106,15 +106,28 @@ def _orientation_swaps_axes(img: Image.Image) -> bool:
         return False
 
 
-def resize_for_model(img: Image.Image, size: int) -> np.ndarray:
-    """RGB image -> ``(size, size, 3)`` uint8 array, bilinear like ``keras.utils.load_img``."""
+def center_crop(img: Image.Image, fraction: float) -> Image.Image:
+    """Square crop of ``fraction`` x the short side, centred (TF's eval crop)."""
+    w, h = img.size
+    side = max(1, int(fraction * min(w, h)))
+    left, top = (w - side + 1) // 2, (h - side + 1) // 2
+    return img.crop((left, top, left + side, top + side))
+
+
+def resize_for_model(img: Image.Image, size: int, crop_fraction: float = 1.0) -> np.ndarray:
+    """RGB image -> ``(size, size, 3)`` uint8 array; bilinear like ``keras.utils.load_img``.
+
+    ``crop_fraction < 1`` first takes the model's square centre crop (see the model registry).
+    """
+    if crop_fraction < 1.0:
+        img = center_crop(img, crop_fraction)
     if img.size != (size, size):
         img = img.resize((size, size), RESAMPLE)
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_for_model(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    return resize_for_model(decode_rgb(data, max_pixels), size)
+def decode_for_model(data: bytes, size: int, crop_fraction: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    return resize_for_model(decode_rgb(data, max_pixels), size, crop_fraction)
 
 
 def has_image_extension(path: str, extensions=IMAGE_EXTENSIONS) -> bool:

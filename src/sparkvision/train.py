@@ -40,10 +40,10 @@ class TuningResult:
     seconds: float
 
 
-def make_classifier(n_classes: int) -> LogisticRegression:
+def make_classifier(n_classes: int, standardization: bool = False) -> LogisticRegression:
     return LogisticRegression(
         featuresCol=FEATURES, labelCol=LABEL, family="binomial" if n_classes == 2 else "multinomial",
-        standardization=True,
+        standardization=standardization,
     )
 
 
@@ -60,7 +60,7 @@ def param_grid(lr: LogisticRegression, train_cfg: dict):
 def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningResult:
     """Cross-validate the grid on ``train_features`` (never the test rows) and refit the best point."""
     started = time.time()
-    lr = make_classifier(n_classes)
+    lr = make_classifier(n_classes, train_cfg["standardization"])
     grid = param_grid(lr, train_cfg)
     data = assign_folds(train_features.select("image_id", "label", LABEL, FEATURES), train_cfg["folds"],
                         train_cfg["seed"])

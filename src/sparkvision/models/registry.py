@@ -33,6 +33,9 @@ class ModelSpec:
     weights: WeightsSource
     aliases: tuple[str, ...] = field(default_factory=tuple)
     offline: bool = False           # weights installable from PyPI, no download at run time
+    # Square centre crop (share of the short side) before resizing, as the model was evaluated;
+    # 1.0 = no crop, the whole image squashed like ``keras.utils.load_img(target_size=...)``.
+    crop_fraction: float = 1.0
 
     def preprocess_fn(self) -> Callable:
         return _resolve(self.preprocess)
@@ -105,6 +108,7 @@ def _lite(n, size):
         ),
         aliases=(f"EfficientNetLite{n}",),
         offline=True,
+        crop_fraction=size / (size + 32),  # TF EfficientNet eval: centre crop with 32 px padding
     )
 
 

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.sql import functions as F
+
+from sparkvision import images as imglib
+from sparkvision.featurizer import DeepImageFeaturizer, WeightsChecksumError
+from sparkvision.models import registry
+from sparkvision.models.weights import resolve_weights
+
+
+@pytest.fixture(scope="module")
+def digits_images(spark, digits_small):
+    from sparkvision import config, loader
+
+    data = config.defaults()["data"]
+    data["images"] = str(digits_small)
+    return loader.load_images(spark, data).images
+
+
+@pytest.fixture(scope="module")
+def digits_features(digits_images):
+    f = DeepImageFeaturizer(modelName="efficientnet_lite0", batchSize=8)
+    return f, f.transform(digits_images).select("image_id", "content", "features").orderBy("image_id").collect()
+
+
+def test_shape_and_vector_type(digits_features):
+    _, rows = digits_features
+    assert len(rows) == 30
+    assert {r.features.size for r in rows} == {1280}
+    assert all(np.isfinite(r.features.toArray()).all() for r in rows)
+
+
+def test_spark_features_equal_plain_keras_predict(digits_features):
+    featurizer, rows = digits_features
+    spec = registry.get("efficientnet_lite0")
+    model = spec.build(str(resolve_weights(spec)))
+    batch = np.stack([imglib.decode_for_model(r.content, spec.input_size, spec.crop_fraction)
+                      for r in rows]).astype(np.float32)
+    keras_features = model.predict(spec.preprocess_fn()(batch), batch_size=16, verbose=0)
+    spark_features = np.stack([r.features.toArray() for r in rows])
+    np.testing.assert_allclose(spark_features, keras_features, atol=1e-4, rtol=0)
+
+
+def test_pins_weights_checksum(digits_features):
+    featurizer, _ = digits_features
+    assert featurizer.getOrDefault(featurizer.weightsChecksum) == registry.get("efficientnet_lite0").weights.file_hash
+
+
+def test_persists_by_name_and_checksum_in_a_pipeline(tmp_path, digits_images, digits_features):
+    featurizer, rows = digits_features
+    model = Pipeline(stages=[featurizer]).fit(digits_images)
+    model.write().save(str(tmp_path / "m"))
+    size = sum(p.stat().st_size for p in (tmp_path / "m").rglob("*") if p.is_file())
+    assert size < 100_000  # params only, no weights pickled in
+    loaded = PipelineModel.load(str(tmp_path / "m"))
+    stage = loaded.stages[0]
+    assert isinstance(stage, DeepImageFeaturizer)
+    assert stage.getOrDefault(stage.weightsChecksum) == featurizer.getOrDefault(featurizer.weightsChecksum)
+    again = loaded.transform(digits_images.filter(F.col("image_id") == rows[0].image_id)).first()
+    np.testing.assert_allclose(again.features.toArray(), rows[0].features.toArray(), atol=1e-5)
+
+
+def test_refuses_weights_that_differ_from_the_pinned_checksum(digits_images):
+    f = DeepImageFeaturizer(modelName="efficientnet_lite0", weightsChecksum="0" * 64)
+    with pytest.raises(WeightsChecksumError, match="sha256"):
+        f.transform(digits_images)
+
+
+def test_wrong_input_column_type_is_a_clear_error(spark):
+    df = spark.createDataFrame([("a",)], "content string")
+    with pytest.raises(ValueError, match="must hold encoded image bytes"):
+        DeepImageFeaturizer().transform(df)

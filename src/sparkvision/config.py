@@ -86,11 +86,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
 
 
 class Config(dict):
-    """Nested dict with attribute-free, explicit access: ``cfg["split"]["seed"]`` or ``cfg.get_key("split.seed")``."""
-
-    def get_key(self, dotted: str):
-        section, key = dotted.split(".", 1)
-        return self[section][key]
+    """The resolved settings: ``cfg["split"]["seed"]``."""
 
 
 def defaults() -> Config:

@@ -136,7 +136,7 @@ def _check(df: DataFrame, data_cfg: dict) -> DataFrame:
     )
 
 
-def _finish(spark: SparkSession, checked: DataFrame, discovered: int, source: str) -> LoadResult:
+def _finish(checked: DataFrame, discovered: int, source: str) -> LoadResult:
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     rows = checked.groupBy("label").agg(
         F.count(F.lit(1)).alias("files"),
@@ -221,7 +221,7 @@ def _local_or_uri(path: str) -> str:
 def load_folder(spark: SparkSession, root: str, data_cfg: dict) -> LoadResult:
     """Class = first sub-folder below ``root``; files elsewhere are rejected with a reason."""
     checked, discovered = scan_folder(spark, root, data_cfg, labelled=True)
-    return _finish(spark, checked, discovered, f"data.images {root}")
+    return _finish(checked, discovered, f"data.images {root}")
 
 
 def read_manifest(path: str) -> list[tuple[int, str, str]]:
@@ -282,7 +282,7 @@ def load_manifest(spark: SparkSession, manifest: str, data_cfg: dict) -> LoadRes
         "reason",
         F.coalesce("reason", F.when(F.col("content").isNull(), F.lit("listed in manifest but not readable by Spark"))),
     ).drop("length")
-    return _finish(spark, _check(with_content, data_cfg), len(entries), f"data.manifest {manifest}")
+    return _finish(_check(with_content, data_cfg), len(entries), f"data.manifest {manifest}")
 
 
 def load_images(spark: SparkSession, data_cfg: dict) -> LoadResult:

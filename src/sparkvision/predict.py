@@ -28,8 +28,10 @@ def unlabelled_images(spark: SparkSession, root: str, data_cfg: dict) -> tuple[D
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     images = checked.filter(F.col("reason").isNull()).select("image_id", "path", "label", "width", "height", "content")
     rejected = checked.filter(F.col("reason").isNotNull()).select(*loader.REJECTED_COLUMNS)
-    n_rejected = rejected.count()
-    counts = {"discovered": discovered, "accepted": discovered - n_rejected, "rejected": n_rejected}
+    row = checked.agg(F.count(F.lit(1)).alias("all"), F.count(F.when(F.col("reason").isNull(), 1)).alias("ok")).first()
+    if row["all"] != discovered:
+        raise AssertionError(f"--images {root}: {row['all']} files checked, {discovered} discovered")
+    counts = {"discovered": discovered, "accepted": row["ok"], "rejected": row["all"] - row["ok"]}
     return images, rejected, counts
 
 

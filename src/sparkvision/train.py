@@ -8,7 +8,6 @@ no grid point ever re-runs the CNN. The saved ``PipelineModel`` is featurizer + 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
@@ -103,6 +102,3 @@ def classify_features(model: PipelineModel, features: DataFrame) -> DataFrame:
     """Apply everything after the featurizer: for rows whose features are already computed."""
     return PipelineModel(stages=model.stages[1:]).transform(features)
 
-
-def grid_points(train_cfg: dict) -> int:
-    return len(list(itertools.product(train_cfg["reg_param"], train_cfg["elastic_net_param"], train_cfg["max_iter"])))

@@ -9,9 +9,6 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-KERAS_ORIGIN = "https://storage.googleapis.com/"
-
-
 @dataclass(frozen=True)
 class WeightsSource:
     """Where a model's weights come from when no local file is given."""
@@ -54,7 +51,7 @@ def build_keras_application(spec: ModelSpec, weights_path: str | None):
     """Build a ``keras.applications`` model without its top, average-pooled, then load weights."""
     import keras
 
-    constructor = getattr(keras.applications, _KERAS_CLASS[spec.name])
+    constructor = getattr(keras.applications, spec.name)  # registry names are Keras class names
     model = constructor(
         include_top=False, weights=None, pooling="avg", input_shape=(spec.input_size, spec.input_size, 3)
     )
@@ -71,27 +68,17 @@ def build_efficientnet_lite(spec: ModelSpec, weights_path: str | None):
     return efficientnet_lite.build(weights_path, spec.input_size, name=spec.name)
 
 
-_KERAS_CLASS = {
-    "InceptionV3": "InceptionV3",
-    "Xception": "Xception",
-    "ResNet50": "ResNet50",
-    "VGG16": "VGG16",
-    "VGG19": "VGG19",
-    "MobileNetV2": "MobileNetV2",
-    "EfficientNetB0": "EfficientNetB0",
-}
 _KAPPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
-def _keras(name, size, dim, module, filename, url, file_hash, aliases=()):
+def _keras(name, size, dim, module, url, file_hash):
     return ModelSpec(
         name=name,
         input_size=size,
         feature_dim=dim,
         preprocess=f"keras.applications.{module}:preprocess_input",
         builder="sparkvision.models.registry:build_keras_application",
-        weights=WeightsSource(filename=filename, url=url, file_hash=file_hash),
-        aliases=aliases,
+        weights=WeightsSource(filename=url.rsplit("/", 1)[1], url=url, file_hash=file_hash),
     )
 
 
@@ -131,32 +118,25 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 for _spec in (
     _keras("InceptionV3", 299, 2048, "inception_v3",
-           "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
            _KAPPS + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
            "bcbd6486424b2319ff4ef7d526e38f63"),
     _keras("Xception", 299, 2048, "xception",
-           "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
            _KAPPS + "xception/xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
            "b0042744bf5b25fce3cb969f33bebb97"),
     _keras("ResNet50", 224, 2048, "resnet50",
-           "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
            _KAPPS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
            "4d473c1dd8becc155b73f8504c6f6626"),
     _keras("VGG16", 224, 512, "vgg16",
-           "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
            _KAPPS + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
            "6d6bbae143d832006294945121d1f1fc"),
     _keras("VGG19", 224, 512, "vgg19",
-           "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
            _KAPPS + "vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
            "253f8cb515780f3b799900260a226db6"),
     # Keras publishes no checksum for MobileNetV2; the featurizer pins the sha256 it first saw.
     _keras("MobileNetV2", 224, 1280, "mobilenet_v2",
-           "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
            _KAPPS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
            None),
     _keras("EfficientNetB0", 224, 1280, "efficientnet",
-           "efficientnetb0_notop.h5",
            "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
            "50bc09e76180e00e4465e1a485ddc09d"),
     _lite(0, 224),

@@ -214,8 +214,12 @@ def scan_folder(spark: SparkSession, root: str, data_cfg: dict, labelled: bool =
     return _check(candidates, data_cfg), discovered
 
 
+def _is_uri(path: str) -> bool:
+    return "://" in path or path.startswith(("file:", "dbfs:"))
+
+
 def _local_or_uri(path: str) -> str:
-    return path if "://" in path or path.startswith(("file:", "dbfs:")) else os.path.abspath(path)
+    return path if _is_uri(path) else os.path.abspath(path)
 
 
 def load_folder(spark: SparkSession, root: str, data_cfg: dict) -> LoadResult:
@@ -251,7 +255,7 @@ def load_manifest(spark: SparkSession, manifest: str, data_cfg: dict) -> LoadRes
     base = os.path.dirname(os.path.abspath(manifest))
     resolved = []
     for i, p, label in rows:
-        local = not ("://" in p or p.startswith(("file:", "dbfs:")))
+        local = not _is_uri(p)
         full = os.path.normpath(os.path.join(base, p)) if local else p
         resolved.append((i, p, full, label, local))
     missing = [(i, p) for i, p, full, _, local in resolved if local and not os.path.isfile(full)]

@@ -4,15 +4,15 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: setup demo test test-quick photos clean
+.PHONY: setup demo test test-quick photos docker-test compose-demo local-cluster-start local-cluster-stop clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@bash infra/check-java.sh
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	@touch $@
 
 demo: setup
@@ -26,6 +26,18 @@ test: setup photos
 
 test-quick: setup photos
 	$(VENV)/bin/pytest -m "not slow"
+
+# The image, built offline (own dockerd, debootstrap base, CA as a BuildKit secret), tests run inside it,
+# then the compose cluster (master + 2 workers) runs the demo. Needs root.
+docker-test:
+	bash infra/docker/build-offline.sh --test --compose-demo
+
+# A standalone master + 2 workers on loopback, without Docker (sizes from infra/clusters/ci.yml).
+local-cluster-start: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH bash infra/standalone/local-cluster.sh start .cache/local-cluster
+
+local-cluster-stop:
+	bash infra/standalone/local-cluster.sh stop .cache/local-cluster
 
 clean:
 	rm -rf runs .pytest_cache spark-warehouse

@@ -87,3 +87,19 @@ def test_explicit_file_wins_and_must_exist(tmp_path):
     assert resolve_weights(registry.get("VGG16"), weights_path=str(f)) == f
     with pytest.raises(WeightsNotFoundError, match="not found"):
         resolve_weights(registry.get("VGG16"), weights_path=str(tmp_path / "missing.h5"))
+
+
+def test_weights_command_fetches_into_the_cache(server, tmp_path, monkeypatch, capsys):
+    """`sparkvision weights` (the image's KERAS_WEIGHTS build step) downloads, verifies and reports."""
+    from sparkvision import cli
+
+    base, www, _ = server
+    (www / "testnet.h5").write_bytes(PAYLOAD)
+    spec = _spec(f"{base}/testnet.h5", hashlib.sha256(PAYLOAD).hexdigest())
+    monkeypatch.setitem(registry.MODELS, spec.name, spec)
+    assert cli.main(["weights", "--cache-dir", str(tmp_path / "cache"), "TestNet"]) == 0
+    name, path, digest = capsys.readouterr().out.strip().split("\t")
+    assert (name, path) == ("TestNet", str(tmp_path / "cache" / "testnet.h5"))
+    assert digest == "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+    assert cli.main(["weights", "--offline", "--cache-dir", str(tmp_path / "empty"), "TestNet"]) == 2
+    assert "no weights for TestNet (downloads disabled)" in capsys.readouterr().err

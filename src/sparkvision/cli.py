@@ -1,4 +1,4 @@
-"""``sparkvision load | featurize | train | evaluate | predict | run``.
+"""``sparkvision load | featurize | train | evaluate | predict | run | submit | cluster | weights``.
 
 Settings come from built-in defaults, then ``--config FILE`` (YAML), then ``--set key=value``
 and the shortcut flags. ``sparkvision run`` with no arguments runs the whole pipeline on the
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import shutil
 import sys
 
@@ -52,6 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--master", help="Spark master")
     p.add_argument("-v", "--verbose", action="store_true")
+
+    text = "spark-submit a job (default: run) to a standalone master, sized by a cluster spec"
+    p = sub.add_parser("submit", help=text, description=text + ". Arguments after the options (or after --) "
+                       "are the job's, e.g. `sparkvision submit --cluster-spec ci --master spark://h:7077 -- run --images DIR`.")
+    p.add_argument("--cluster-spec", required=True, help="infra/clusters/NAME.yml, or just NAME")
+    p.add_argument("--master", required=True, help="spark://HOST:PORT")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the spark-submit command and exit")
+    p.add_argument("job", nargs=argparse.REMAINDER, help="job and its arguments (default: run, the demo)")
+
+    text = "show what a cluster spec becomes: spark-submit settings, or a standalone worker's environment"
+    p = sub.add_parser("cluster", help=text, description=text)
+    p.add_argument("what", choices=["conf", "worker-env"])
+    p.add_argument("--cluster-spec", required=True, help="infra/clusters/NAME.yml, or just NAME")
+
+    text = "make sure models' weights are on this machine (download into the cache if allowed); print where"
+    p = sub.add_parser("weights", help=text, description=text)
+    p.add_argument("models", nargs="+", help="model names, e.g. efficientnet_lite0 InceptionV3")
+    p.add_argument("--cache-dir", help="weights cache (default $SPARKVISION_CACHE or ~/.cache/sparkvision/models)")
+    p.add_argument("--mirror", help="base URL serving weight files by name (else $SPARKVISION_WEIGHTS_MIRROR)")
+    p.add_argument("--offline", action="store_true", help="never download; fail if a file is missing")
     return parser
 
 
@@ -81,15 +103,64 @@ def _demo_defaults(cfg: config_mod.Config, args: argparse.Namespace) -> None:
     logging.getLogger("sparkvision").info("demo: sample dataset (scikit-learn digits, 10 x 20 images) at %s", dest)
 
 
+def _submit(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from . import clusters
+
+    job = args.job[1:] if args.job[:1] == ["--"] else args.job
+    extra = {}
+    for item in args.conf:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise config_mod.ConfigError(f"--conf {item!r} must look like spark.key=value")
+        extra[key] = value
+    cmd = clusters.submit_command(clusters.load_spec(args.cluster_spec), args.master, job or ["run"], extra)
+    print("+ " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
+    if args.dry_run:
+        return 0
+    return subprocess.call(cmd)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from . import clusters
+
+    spec = clusters.load_spec(args.cluster_spec)
+    if args.what == "conf":
+        print("\n".join(f"{k}={v}" for k, v in clusters.submit_conf(spec).items()))
+    else:
+        print(clusters.shell_assignments(clusters.worker_env(spec)))
+    return 0
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from .models import registry
+    from .models.weights import file_digest, resolve_weights
+
+    for name in args.models:
+        try:
+            spec = registry.get(name)
+        except KeyError as exc:
+            raise config_mod.ConfigError(exc.args[0]) from None
+        path = resolve_weights(spec, cache_dir=args.cache_dir, mirror_url=args.mirror, allow_download=not args.offline)
+        print(f"{spec.name}\t{path}\tsha256:{file_digest(path)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("py4j", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .clusters import ClusterSpecError
     from .loader import LoadError
+    from .models.weights import WeightsNotFoundError
 
+    tools = {"submit": _submit, "cluster": _cluster, "weights": _weights}
     try:
+        if args.command in tools:
+            return tools[args.command](args)
         cfg = resolve_config(args)
         if args.command == "run" and not (cfg["data"]["images"] or cfg["data"]["manifest"]):
             _demo_defaults(cfg, args)
@@ -116,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = pipeline.paths(cfg)
             print(f"report: {paths['report']}\nmetrics: {paths['metrics']}")
         return 0
-    except (config_mod.ConfigError, LoadError, FileNotFoundError) as exc:
+    except (config_mod.ConfigError, ClusterSpecError, LoadError, FileNotFoundError, WeightsNotFoundError) as exc:
         print(f"sparkvision: error: {exc}", file=sys.stderr)
         return 2
 

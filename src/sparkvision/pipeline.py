@@ -57,7 +57,19 @@ def make_featurizer(cfg: Config) -> DeepImageFeaturizer:
     )
 
 
+def featurize_partitions(spark: SparkSession, cfg: Config, n_images: int) -> int:
+    """Tasks for featurization: ``featurize.partitions``, or two per executor core, at most one per image."""
+    configured = cfg["featurize"]["partitions"]
+    return max(1, configured or min(n_images, 2 * spark.sparkContext.defaultParallelism))
+
+
+def _describe(spark: SparkSession, stage: str) -> None:
+    """Name the Spark jobs of a stage (UI, event log): ``sparkvision featurize``."""
+    spark.sparkContext.setJobDescription(f"sparkvision {stage}")
+
+
 def stage_load(spark: SparkSession, cfg: Config) -> dict:
+    _describe(spark, "load")
     p = paths(cfg)
     os.makedirs(p["out"], exist_ok=True)
     storage.write_text(os.path.join(p["out"], "config.yaml"), dump(cfg))
@@ -76,14 +88,19 @@ def stage_load(spark: SparkSession, cfg: Config) -> dict:
 
 
 def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
+    _describe(spark, "featurize")
     p = paths(cfg)
     _require(p["images"], "load")
     images = spark.read.parquet(p["images"])
     featurizer = make_featurizer(cfg)
     featurizer.resolveWeights()
     n = images.count()
-    log.info("featurize: %d images with %s (batch %d)", n, featurizer.spec().name, cfg["featurize"]["batch_size"])
+    parts = featurize_partitions(spark, cfg, n)
+    log.info("featurize: %d images with %s (batch %d, %d tasks)", n, featurizer.spec().name,
+             cfg["featurize"]["batch_size"], parts)
     started = time.time()
+    # Hash-partitioned by image_id: a retried task (lost executor) recomputes exactly the same rows.
+    images = images.repartition(parts, "image_id")
     features = featurizer.transform(images).select("image_id", "path", "label", "label_index", "features")
     storage.write_parquet(features, p["features"])
     seconds = time.time() - started
@@ -106,6 +123,7 @@ def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
 
 
 def stage_train(spark: SparkSession, cfg: Config) -> dict:
+    _describe(spark, "train")
     p = paths(cfg)
     _require(p["features"], "featurize")
     features = spark.read.parquet(p["features"])
@@ -139,6 +157,7 @@ def stage_train(spark: SparkSession, cfg: Config) -> dict:
 
 
 def stage_evaluate(spark: SparkSession, cfg: Config, which: str = TEST) -> dict:
+    _describe(spark, "evaluate")
     p = paths(cfg)
     for key, stage in (("model", "train"), ("split", "train"), ("features", "featurize")):
         _require(p[key], stage)
@@ -166,6 +185,7 @@ def stage_evaluate(spark: SparkSession, cfg: Config, which: str = TEST) -> dict:
 
 
 def stage_predict(spark: SparkSession, cfg: Config, model_dir: str, images_dir: str, out_dir: str) -> dict:
+    _describe(spark, "predict")
     model = pr.load_model(model_dir)
     images, rejected, counts = pr.unlabelled_images(spark, images_dir, cfg["data"])
     os.makedirs(out_dir, exist_ok=True)

@@ -19,6 +19,7 @@ SESSION_DEFAULTS = {
 
 def get_spark(master: str | None = None, app_name: str = "sparkvision", conf: dict | None = None):
     """Return the active session, or start one (``master=None``: spark-submit's, else local[*])."""
+    from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -26,12 +27,20 @@ def get_spark(master: str | None = None, app_name: str = "sparkvision", conf: di
         return active
     # Python workers must run this interpreter (the venv's), not the first python3 on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(app_name)
+    explicit = {k: str(v) for k, v in (conf or {}).items()}
     if master:
-        builder = builder.master(master)
-    for key, value in {**SESSION_DEFAULTS, **(conf or {})}.items():
-        builder = builder.config(key, str(value))
-    spark = builder.getOrCreate()
+        explicit["spark.master"] = master
+    # Under spark-submit this attaches to its JVM (else it starts one with the explicit settings, so
+    # spark.driver.memory applies), and SparkConf() then holds the submitted settings: cluster spec and
+    # --conf. Our defaults only fill gaps; the job's own ``spark.conf`` and master win.
+    SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(explicit.items()))
+    merged = SparkConf()
+    for key, value in SESSION_DEFAULTS.items():
+        merged.setIfMissing(key, value)
+    merged.setAll(explicit.items())
+    merged.setIfMissing("spark.app.name", app_name)
+    merged.setIfMissing("spark.master", "local[*]")
+    spark = SparkSession.builder.config(conf=merged).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
 

@@ -1,0 +1,223 @@
+"""Cluster specs (``infra/clusters/*.yml``): one file per cluster shape, the one place for its sizes.
+
+The same file becomes spark-submit settings for a standalone master (:func:`submit_conf`), the
+cores/memory/GPUs of a standalone worker (:func:`worker_env`), and the Databricks job cluster of the
+bundle. Specs hold no credentials: a setting that looks like one is refused with the key named.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SPEC_DIR_ENV = "SPARKVISION_CLUSTERS"
+_MEMORY = re.compile(r"^\d+[kmgt]?$", re.IGNORECASE)
+_MAVEN = re.compile(r"^[\w.\-]+:[\w.\-]+:[\w.\-]+$")
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|access[._-]?key|private[._-]?key", re.I)
+_SECRET_VALUE = re.compile(r"dapi[0-9a-f]{32}|AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY|gh[pousr]_[A-Za-z0-9]{30,}")
+_SECRET_REF = re.compile(r"^\{\{secrets/[^/{}]+/[^/{}]+\}\}$")
+_TOP_KEYS = {"name", "workers", "driver", "executor", "gpu", "spark_conf", "standalone", "databricks"}
+
+
+class ClusterSpecError(ValueError):
+    """A cluster spec is missing, malformed or holds a credential; the message names file and key."""
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    amount: int
+    task_amount: float
+    discovery_script: Path
+    vendor: str = "nvidia.com"
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    path: Path
+    workers: int
+    driver_memory: str
+    executor_cores: int
+    executor_memory: str
+    executor_memory_overhead: str | None
+    spark_conf: dict[str, str]
+    maven: tuple[str, ...] = ()
+    gpu: GpuSpec | None = None
+    databricks: dict[str, Any] = field(default_factory=dict)
+
+
+def _conf_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_no_secrets(data: Any, origin: str, where: str = "") -> None:
+    """Refuse credential-looking keys or values anywhere in ``data`` (Databricks secret references pass)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            dotted = f"{where}.{key}" if where else str(key)
+            literal = isinstance(value, str) and value.lower() not in ("", "true", "false") and not _SECRET_REF.match(value)
+            if _SECRET_KEY.search(str(key)) and literal:
+                raise ClusterSpecError(
+                    f"{origin}: key {dotted!r} looks like a credential; specs must not hold secrets. "
+                    "Use the environment, an instance profile or a Databricks secret reference {{secrets/scope/key}}"
+                )
+            check_no_secrets(value, origin, dotted)
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            check_no_secrets(value, origin, f"{where}[{i}]")
+    elif isinstance(data, str) and _SECRET_VALUE.search(data):
+        raise ClusterSpecError(f"{origin}: the value of {where!r} looks like a credential; specs must not hold secrets")
+
+
+def _need(section: dict, key: str, kind, origin: str, where: str, check=None, rule: str = ""):
+    if key not in section:
+        raise ClusterSpecError(f"{origin}: missing key {where}{key!r}")
+    value = section[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool or (check and not check(value)):
+        raise ClusterSpecError(f"{origin}: key '{where}{key}' must be {rule or kind}; got {value!r}")
+    return value
+
+
+def _memory(section: dict, key: str, origin: str, where: str, required: bool = True) -> str | None:
+    if not required and section.get(key) is None:
+        return None
+    return _need(section, key, str, origin, where, lambda v: bool(_MEMORY.match(v)), "a size like 4g or 512m")
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """``cpu`` or ``cpu.yml`` -> the file in $SPARKVISION_CLUSTERS (or infra/clusters); paths pass through."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    bases = [Path(os.environ[SPEC_DIR_ENV])] if os.environ.get(SPEC_DIR_ENV) else []
+    bases += [Path("infra/clusters"), Path(os.environ.get("SPARKVISION_HOME", "/opt/sparkvision")) / "infra" / "clusters"]
+    for base in bases:
+        for candidate in (base / p, base / f"{p}.yml"):
+            if candidate.is_file():
+                return candidate
+    raise ClusterSpecError(f"cluster spec not found: {path} (looked in {', '.join(str(b) for b in bases)})")
+
+
+def load_spec(path: str | os.PathLike) -> ClusterSpec:
+    path = resolve_path(path)
+    origin = str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ClusterSpecError(f"{origin}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ClusterSpecError(f"{origin}: a cluster spec is a mapping with keys {sorted(_TOP_KEYS)}")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ClusterSpecError(f"{origin}: unknown key(s) {sorted(unknown)}; known: {sorted(_TOP_KEYS)}")
+    check_no_secrets(data, origin)
+    driver = _need(data, "driver", dict, origin, "", rule="a mapping")
+    executor = _need(data, "executor", dict, origin, "", rule="a mapping")
+    conf = data.get("spark_conf") or {}
+    if not isinstance(conf, dict) or not all(isinstance(k, str) and k.startswith("spark.") for k in conf):
+        raise ClusterSpecError(f"{origin}: key 'spark_conf' must map spark.* settings to values")
+    standalone = data.get("standalone") or {}
+    maven = tuple(standalone.get("maven") or ())
+    for coord in maven:
+        if not isinstance(coord, str) or not _MAVEN.match(coord):
+            raise ClusterSpecError(f"{origin}: key 'standalone.maven' entry {coord!r} is not group:artifact:version")
+    gpu = None
+    if data.get("gpu"):
+        g = data["gpu"]
+        amount = _need(g, "amount", int, origin, "gpu.", lambda v: v > 0, "a positive integer")
+        task = _need(g, "task_amount", (int, float), origin, "gpu.",
+                     lambda v: 0 < v <= amount and (v < 1 or float(v).is_integer()),
+                     "a fraction of one GPU (< 1) or a whole number of GPUs, at most gpu.amount")
+        script = Path(_need(g, "discovery_script", str, origin, "gpu."))
+        script = script if script.is_absolute() else (path.parent / script).resolve()
+        if not script.is_file():
+            raise ClusterSpecError(f"{origin}: key 'gpu.discovery_script': {script} not found")
+        gpu = GpuSpec(amount, float(task), script, str(g.get("vendor", "nvidia.com")))
+    return ClusterSpec(
+        name=_need(data, "name", str, origin, ""),
+        path=path,
+        workers=_need(data, "workers", int, origin, "", lambda v: v >= 0, "an integer >= 0"),
+        driver_memory=_memory(driver, "memory", origin, "driver."),
+        executor_cores=_need(executor, "cores", int, origin, "executor.", lambda v: v > 0, "a positive integer"),
+        executor_memory=_memory(executor, "memory", origin, "executor."),
+        executor_memory_overhead=_memory(executor, "memory_overhead", origin, "executor.", required=False),
+        spark_conf={k: _conf_value(v) for k, v in conf.items()},
+        maven=maven,
+        gpu=gpu,
+        databricks=dict(data.get("databricks") or {}),
+    )
+
+
+def _amount(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def submit_conf(spec: ClusterSpec) -> dict[str, str]:
+    """spark-submit ``--conf`` settings for a standalone master (the driver memory goes in too)."""
+    conf = {
+        "spark.driver.memory": spec.driver_memory,
+        "spark.executor.memory": spec.executor_memory,
+        "spark.executor.cores": str(spec.executor_cores),
+    }
+    if spec.executor_memory_overhead:
+        conf["spark.executor.memoryOverhead"] = spec.executor_memory_overhead
+    if spec.workers:
+        conf["spark.cores.max"] = str(spec.workers * spec.executor_cores)
+    if spec.maven:
+        conf["spark.jars.packages"] = ",".join(spec.maven)
+    if spec.gpu:
+        g = spec.gpu
+        conf.update({
+            "spark.executor.resource.gpu.amount": str(g.amount),
+            "spark.executor.resource.gpu.discoveryScript": str(g.discovery_script),
+            "spark.executor.resource.gpu.vendor": g.vendor,
+            "spark.task.resource.gpu.amount": _amount(g.task_amount),
+        })
+    conf.update(spec.spark_conf)
+    check_no_secrets(conf, str(spec.path))
+    return conf
+
+
+def worker_env(spec: ClusterSpec) -> dict[str, str]:
+    """What a standalone worker offers: one executor's cores and memory, plus its GPUs."""
+    env = {"SPARKVISION_WORKER_CORES": str(spec.executor_cores), "SPARKVISION_WORKER_MEMORY": spec.executor_memory}
+    if spec.gpu:
+        opts = (f"-Dspark.worker.resource.gpu.amount={spec.gpu.amount} "
+                f"-Dspark.worker.resource.gpu.discoveryScript={spec.gpu.discovery_script}")
+        env["SPARK_WORKER_OPTS"] = (os.environ.get("SPARK_WORKER_OPTS", "") + " " + opts).strip()
+    return env
+
+
+def shell_assignments(env: dict[str, str]) -> str:
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
+
+
+def spark_submit_executable() -> str:
+    home = os.environ.get("SPARK_HOME")
+    if not home:
+        import pyspark
+
+        home = os.path.dirname(pyspark.__file__)
+    return os.path.join(home, "bin", "spark-submit")
+
+
+def driver_script() -> str:
+    from .driver import __file__ as pkg_init
+
+    return os.path.join(os.path.dirname(pkg_init), "sparkvision_driver.py")
+
+
+def submit_command(spec: ClusterSpec, master: str, job_args: list[str], extra_conf: dict[str, str] | None = None) -> list[str]:
+    """The spark-submit command line (client mode: Python apps cannot use cluster mode on standalone)."""
+    conf = {**submit_conf(spec), **(extra_conf or {})}
+    check_no_secrets(conf, "--conf")
+    cmd = [spark_submit_executable(), "--master", master, "--deploy-mode", "client", "--name", f"sparkvision-{spec.name}"]
+    for key, value in conf.items():
+        cmd += ["--conf", f"{key}={value}"]
+    return cmd + [driver_script(), *job_args]

@@ -1,0 +1,1 @@
+"""The file spark-submit runs as the driver (``sparkvision_driver.py``): spark-submit needs a path."""

@@ -59,6 +59,8 @@ stop_dockerd() {
   kill -TERM "$DOCKERD_PID" 2>/dev/null || true
   for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
   kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+  # dockerd leaves its default network namespace mounted under the exec root
+  awk -v root="$STATE/" 'index($2, root) == 1 {print $2}' /proc/mounts | sort -r | xargs -r umount 2>/dev/null || true
 }
 trap stop_dockerd EXIT
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -150,5 +151,7 @@ def test_driver_script_runs_the_cli():
     (["worker"], 2, "usage: worker spark://HOST:PORT"),
 ])
 def test_entrypoint_modes(argv, code, text):
-    proc = subprocess.run(["bash", str(ROOT / "infra" / "docker" / "entrypoint.sh"), *argv], capture_output=True, text=True)
+    # Inside the image: the installed entrypoint; in a checkout: the script it is copied from.
+    entrypoint = shutil.which("sparkvision-entrypoint") or str(ROOT / "infra" / "docker" / "entrypoint.sh")
+    proc = subprocess.run(["bash", entrypoint, *argv], capture_output=True, text=True)
     assert proc.returncode == code and text in proc.stdout + proc.stderr

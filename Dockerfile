@@ -31,7 +31,8 @@ COPY constraints.txt pyproject.toml /src/
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['lite12']))" > /tmp/requirements.txt \
+x = p['optional-dependencies']; print('\n'.join(p['dependencies'] + x['local'] + x['lite12'] + x['databricks']))" \
+    > /tmp/requirements.txt \
  && pip install -c /src/constraints.txt -r /tmp/requirements.txt
 COPY README.md /src/
 COPY src /src/src
@@ -91,7 +92,9 @@ USER root
 COPY --from=test-deps /opt/test-deps /opt/test-deps
 RUN python -c "import site; print(site.getsitepackages()[0])" | xargs -I{} sh -c 'echo /opt/test-deps > {}/test-deps.pth' \
  && ln -s /opt/test-deps/bin/pytest /usr/local/bin/pytest 2>/dev/null || true
-COPY pyproject.toml /opt/sparkvision/
+COPY pyproject.toml bundle.yml /opt/sparkvision/
+COPY jobs /opt/sparkvision/jobs
+COPY infra/databricks /opt/sparkvision/infra/databricks
 COPY tests /opt/sparkvision/tests
 RUN chown -R spark:spark /opt/sparkvision/tests
 USER spark

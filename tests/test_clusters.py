@@ -27,7 +27,7 @@ def _write(tmp_path, text: str) -> Path:
 MINIMAL = "name: t\nworkers: 1\ndriver: {memory: 1g}\nexecutor: {cores: 2, memory: 2g}\n"
 
 
-@pytest.mark.parametrize("name", ["cpu", "gpu", "ci"])
+@pytest.mark.parametrize("name", ["cpu", "gpu", "ci", "legacy-sparkdl"])
 def test_shipped_specs_load(name):
     spec = clusters.load_spec(SPECS / f"{name}.yml")
     conf = clusters.submit_conf(spec)
@@ -155,3 +155,24 @@ def test_entrypoint_modes(argv, code, text):
     entrypoint = shutil.which("sparkvision-entrypoint") or str(ROOT / "infra" / "docker" / "entrypoint.sh")
     proc = subprocess.run(["bash", entrypoint, *argv], capture_output=True, text=True)
     assert proc.returncode == code and text in proc.stdout + proc.stderr
+
+
+def test_databricks_cluster_from_the_same_spec():
+    cpu, gpu = clusters.load_spec("cpu"), clusters.load_spec("gpu")
+    cluster = clusters.databricks_cluster(cpu)
+    assert cluster["num_workers"] == cpu.workers and cluster["spark_version"].endswith("cpu-ml-scala2.13")
+    assert cluster["spark_conf"]["spark.executor.memory"] == cpu.executor_memory
+    assert cluster["spark_conf"]["spark.executor.memoryOverhead"] == cpu.executor_memory_overhead
+    assert "spark.driver.memory" not in cluster["spark_conf"] and "spark.jars.packages" not in cluster["spark_conf"]
+    assert clusters.databricks_cluster(gpu)["spark_conf"]["spark.task.resource.gpu.amount"] == "0.25"
+    with pytest.raises(ClusterSpecError, match="no 'databricks' section"):
+        clusters.databricks_cluster(clusters.load_spec("ci"))
+
+
+def test_legacy_sparkdl_profile_carries_the_sparkdl_package():
+    legacy = clusters.load_spec("legacy-sparkdl")
+    assert clusters.databricks_libraries(legacy) == [{"maven": {"coordinates": "databricks:spark-deep-learning:1.5.0-spark2.4-s_2.11"}}]
+    assert clusters.submit_conf(legacy)["spark.jars.packages"] == "databricks:spark-deep-learning:1.5.0-spark2.4-s_2.11"
+    assert clusters.databricks_cluster(legacy)["spark_version"].startswith("6.4.x")
+    # the standalone-only hadoop-aws never reaches a Databricks library list
+    assert clusters.databricks_libraries(clusters.load_spec("cpu")) == []

@@ -22,7 +22,11 @@ _MAVEN = re.compile(r"^[\w.\-]+:[\w.\-]+:[\w.\-]+$")
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|access[._-]?key|private[._-]?key", re.I)
 _SECRET_VALUE = re.compile(r"dapi[0-9a-f]{32}|AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY|gh[pousr]_[A-Za-z0-9]{30,}")
 _SECRET_REF = re.compile(r"^\{\{secrets/[^/{}]+/[^/{}]+\}\}$")
-_TOP_KEYS = {"name", "workers", "driver", "executor", "gpu", "spark_conf", "standalone", "databricks"}
+_TOP_KEYS = {"name", "workers", "driver", "executor", "gpu", "spark_conf", "maven", "standalone", "databricks"}
+# new_cluster fields a spec's ``databricks`` section may set (the rest is derived from the spec).
+_DATABRICKS_KEYS = {"spark_version", "node_type_id", "driver_node_type_id", "autoscale", "data_security_mode",
+                    "runtime_engine", "spark_env_vars", "custom_tags", "docker_image", "init_scripts", "policy_id",
+                    "instance_pool_id", "driver_instance_pool_id", "aws_attributes", "azure_attributes", "gcp_attributes"}
 
 
 class ClusterSpecError(ValueError):
@@ -47,7 +51,8 @@ class ClusterSpec:
     executor_memory: str
     executor_memory_overhead: str | None
     spark_conf: dict[str, str]
-    maven: tuple[str, ...] = ()
+    maven: tuple[str, ...] = ()           # JVM packages for every target
+    standalone_maven: tuple[str, ...] = ()  # only for standalone clusters (Databricks ships its own)
     gpu: GpuSpec | None = None
     databricks: dict[str, Any] = field(default_factory=dict)
 
@@ -56,23 +61,35 @@ def _conf_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def check_no_secrets(data: Any, origin: str, where: str = "") -> None:
-    """Refuse credential-looking keys or values anywhere in ``data`` (Databricks secret references pass)."""
+def find_credentials(data: Any, path: tuple = ()):
+    """Yield ``(path, what)`` for each credential-looking key or value in ``data`` (secret references pass)."""
     if isinstance(data, dict):
         for key, value in data.items():
-            dotted = f"{where}.{key}" if where else str(key)
             literal = isinstance(value, str) and value.lower() not in ("", "true", "false") and not _SECRET_REF.match(value)
             if _SECRET_KEY.search(str(key)) and literal:
-                raise ClusterSpecError(
-                    f"{origin}: key {dotted!r} looks like a credential; specs must not hold secrets. "
-                    "Use the environment, an instance profile or a Databricks secret reference {{secrets/scope/key}}"
-                )
-            check_no_secrets(value, origin, dotted)
+                yield path + (key,), "key"
+            else:
+                yield from find_credentials(value, path + (key,))
     elif isinstance(data, (list, tuple)):
         for i, value in enumerate(data):
-            check_no_secrets(value, origin, f"{where}[{i}]")
+            yield from find_credentials(value, path + (i,))
     elif isinstance(data, str) and _SECRET_VALUE.search(data):
-        raise ClusterSpecError(f"{origin}: the value of {where!r} looks like a credential; specs must not hold secrets")
+        yield path, "value"
+
+
+def _dotted(path: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def check_no_secrets(data: Any, origin: str, where: str = "") -> None:
+    """Refuse credential-looking keys or values anywhere in ``data`` (Databricks secret references pass)."""
+    for path, what in find_credentials(data, (where,) if where else ()):
+        if what == "key":
+            raise ClusterSpecError(
+                f"{origin}: key {_dotted(path)!r} looks like a credential; specs must not hold secrets. "
+                "Use the environment, an instance profile or a Databricks secret reference {{secrets/scope/key}}"
+            )
+        raise ClusterSpecError(f"{origin}: the value of {_dotted(path)!r} looks like a credential; specs must not hold secrets")
 
 
 def _need(section: dict, key: str, kind, origin: str, where: str, check=None, rule: str = ""):
@@ -122,11 +139,16 @@ def load_spec(path: str | os.PathLike) -> ClusterSpec:
     conf = data.get("spark_conf") or {}
     if not isinstance(conf, dict) or not all(isinstance(k, str) and k.startswith("spark.") for k in conf):
         raise ClusterSpecError(f"{origin}: key 'spark_conf' must map spark.* settings to values")
-    standalone = data.get("standalone") or {}
-    maven = tuple(standalone.get("maven") or ())
-    for coord in maven:
-        if not isinstance(coord, str) or not _MAVEN.match(coord):
-            raise ClusterSpecError(f"{origin}: key 'standalone.maven' entry {coord!r} is not group:artifact:version")
+    maven = _coordinates(data.get("maven"), origin, "maven")
+    standalone_maven = _coordinates((data.get("standalone") or {}).get("maven"), origin, "standalone.maven")
+    databricks = dict(data.get("databricks") or {})
+    if databricks:
+        unknown = set(databricks) - _DATABRICKS_KEYS
+        if unknown:
+            raise ClusterSpecError(f"{origin}: unknown key(s) {sorted('databricks.' + k for k in unknown)}; "
+                                   f"known: {sorted(_DATABRICKS_KEYS)}")
+        for key in ("spark_version", "node_type_id"):
+            _need(databricks, key, str, origin, "databricks.")
     gpu = None
     if data.get("gpu"):
         g = data["gpu"]
@@ -149,9 +171,18 @@ def load_spec(path: str | os.PathLike) -> ClusterSpec:
         executor_memory_overhead=_memory(executor, "memory_overhead", origin, "executor.", required=False),
         spark_conf={k: _conf_value(v) for k, v in conf.items()},
         maven=maven,
+        standalone_maven=standalone_maven,
         gpu=gpu,
-        databricks=dict(data.get("databricks") or {}),
+        databricks=databricks,
     )
+
+
+def _coordinates(value, origin: str, where: str) -> tuple[str, ...]:
+    coords = tuple(value or ())
+    for coord in coords:
+        if not isinstance(coord, str) or not _MAVEN.match(coord):
+            raise ClusterSpecError(f"{origin}: key '{where}' entry {coord!r} is not group:artifact:version")
+    return coords
 
 
 def _amount(value: float) -> str:
@@ -169,8 +200,8 @@ def submit_conf(spec: ClusterSpec) -> dict[str, str]:
         conf["spark.executor.memoryOverhead"] = spec.executor_memory_overhead
     if spec.workers:
         conf["spark.cores.max"] = str(spec.workers * spec.executor_cores)
-    if spec.maven:
-        conf["spark.jars.packages"] = ",".join(spec.maven)
+    if spec.maven or spec.standalone_maven:
+        conf["spark.jars.packages"] = ",".join(spec.maven + spec.standalone_maven)
     if spec.gpu:
         g = spec.gpu
         conf.update({
@@ -182,6 +213,39 @@ def submit_conf(spec: ClusterSpec) -> dict[str, str]:
     conf.update(spec.spark_conf)
     check_no_secrets(conf, str(spec.path))
     return conf
+
+
+def databricks_cluster(spec: ClusterSpec) -> dict[str, Any]:
+    """The spec as a Databricks job cluster (``new_cluster``): executor memory and GPU share via spark_conf.
+
+    Databricks runs one executor per worker node and sizes the driver by its node type, so executor
+    cores and driver memory are not set; the GPU amount per executor comes from the GPU node type.
+    """
+    if not spec.databricks:
+        raise ClusterSpecError(f"{spec.path}: no 'databricks' section: this spec is for standalone clusters only")
+    d = dict(spec.databricks)
+    cluster: dict[str, Any] = {"spark_version": d.pop("spark_version"), "node_type_id": d.pop("node_type_id")}
+    if "driver_node_type_id" in d:
+        cluster["driver_node_type_id"] = d.pop("driver_node_type_id")
+    if "autoscale" not in d:
+        cluster["num_workers"] = spec.workers
+    conf = {"spark.executor.memory": spec.executor_memory}
+    if spec.executor_memory_overhead:
+        conf["spark.executor.memoryOverhead"] = spec.executor_memory_overhead
+    if spec.gpu:
+        conf["spark.task.resource.gpu.amount"] = _amount(spec.gpu.task_amount)
+    conf.update(spec.spark_conf)
+    cluster["spark_conf"] = conf
+    cluster["spark_env_vars"] = {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2", **d.pop("spark_env_vars", {})}
+    cluster["custom_tags"] = {"project": "sparkvision", "cluster_spec": spec.name, **d.pop("custom_tags", {})}
+    cluster.update(d)
+    check_no_secrets(cluster, str(spec.path))
+    return cluster
+
+
+def databricks_libraries(spec: ClusterSpec) -> list[dict[str, Any]]:
+    """The spec's JVM packages as Databricks task libraries."""
+    return [{"maven": {"coordinates": c}} for c in spec.maven]
 
 
 def worker_env(spec: ClusterSpec) -> dict[str, str]:

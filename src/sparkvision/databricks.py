@@ -1,0 +1,177 @@
+"""Run the pipeline on Databricks from Python (databricks-sdk), for environments without the CLI.
+
+``submit``: upload the wheel and submit the bundle's pipeline once (``jobs.submit``, same tasks and
+cluster spec as ``jobs/sparkvision_pipeline.yml``). ``run``: run a deployed job. ``status``: one run.
+Waiting polls with a timeout and checks ``result_state`` (the SDK's waiter returns FAILED runs without
+raising). Authentication comes only from the SDK's own sources (DATABRICKS_* environment variables,
+~/.databrickscfg profiles); nothing here prints, logs or stores a credential.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+TERMINAL = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
+PIPELINE_JOB = "sparkvision_pipeline"
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+class RunTimeout(TimeoutError):
+    pass
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    url: str | None
+    life_cycle_state: str
+    result_state: str | None
+    state_message: str
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.result_state == "SUCCESS"
+
+    def lines(self) -> list[str]:
+        out = [f"run {self.run_id}: {self.life_cycle_state} {self.result_state or ''}".rstrip(),
+               f"url: {self.url or '(none)'}"]
+        if self.state_message:
+            out.append(f"message: {self.state_message}")
+        for t in self.tasks:
+            line = f"  task {t['task_key']}: {t.get('result_state') or t.get('life_cycle_state')}"
+            if t.get("error"):
+                line += f" - {t['error']}"
+            out.append(line)
+        if self.metrics:
+            m = self.metrics
+            out.append(f"metrics: accuracy {m.get('accuracy')} (baseline {m.get('baseline_accuracy')}), "
+                       f"ROC AUC {m.get('roc_auc')}, n {m.get('n')}")
+        return out
+
+
+def client(profile: str | None = None):
+    """A WorkspaceClient configured by the SDK's standard sources only (env vars, config profile)."""
+    from databricks.sdk import WorkspaceClient
+
+    return WorkspaceClient(profile=profile) if profile else WorkspaceClient()
+
+
+def upload_wheel(w, wheel: Path, remote_dir: str | None = None) -> str:
+    """Put the wheel into the workspace (``/Workspace/Users/<me>/.sparkvision/wheels`` by default)."""
+    from databricks.sdk.service.workspace import ImportFormat
+
+    if remote_dir is None:
+        me = w.current_user.me().user_name
+        remote_dir = f"/Workspace/Users/{me}/.sparkvision/wheels"
+    w.workspace.mkdirs(remote_dir)
+    remote = f"{remote_dir}/{wheel.name}"
+    w.workspace.upload(remote, io.BytesIO(wheel.read_bytes()), format=ImportFormat.AUTO, overwrite=True)
+    log.info("uploaded %s to %s", wheel.name, remote)
+    return remote
+
+
+def submit_tasks(resolved: dict[str, Any], job_key: str, wheel_remote: str) -> list[dict[str, Any]]:
+    """The bundle job's tasks as one-time-run tasks: each job cluster inlined, the wheel library pointed at the upload."""
+    try:
+        job = resolved["resources"]["jobs"][job_key]
+    except KeyError:
+        raise KeyError(f"no job {job_key!r} in the bundle") from None
+    job_clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job.get("job_clusters") or []}
+    tasks = []
+    for task in job["tasks"]:
+        task = copy.deepcopy(task)
+        key = task.pop("job_cluster_key", None)
+        if key is not None:
+            task["new_cluster"] = copy.deepcopy(job_clusters[key])
+        task["libraries"] = [({"whl": wheel_remote} if "whl" in lib else lib) for lib in task.get("libraries") or []]
+        tasks.append(task)
+    return tasks
+
+
+def submit(w, resolved: dict[str, Any], wheel: Path, job_key: str = PIPELINE_JOB, run_name: str | None = None,
+           timeout_seconds: int | None = None) -> int:
+    from databricks.sdk.service.jobs import SubmitTask
+
+    remote = upload_wheel(w, wheel)
+    tasks = [SubmitTask.from_dict(t) for t in submit_tasks(resolved, job_key, remote)]
+    waiter = w.jobs.submit(run_name=run_name or f"sparkvision {job_key}", tasks=tasks, timeout_seconds=timeout_seconds)
+    return waiter.run_id
+
+
+def find_job(w, name: str) -> int:
+    jobs = [j for j in w.jobs.list(name=name) if j.settings and j.settings.name == name]
+    if not jobs:
+        raise LookupError(f"no job named {name!r} in the workspace: deploy the bundle first (databricks bundle deploy)")
+    if len(jobs) > 1:
+        raise LookupError(f"{len(jobs)} jobs are named {name!r}: pass --job-id")
+    return jobs[0].job_id
+
+
+def run_now(w, job_id: int, job_parameters: dict[str, str] | None = None) -> int:
+    return w.jobs.run_now(job_id=job_id, job_parameters=job_parameters or None).run_id
+
+
+def wait(w, run_id: int, timeout: float, poll: float = 10.0, clock: Callable[[], float] = time.monotonic,
+         sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Poll until the run is terminal; RunTimeout after ``timeout`` seconds (the run keeps going)."""
+    deadline = clock() + timeout
+    while True:
+        run = w.jobs.get_run(run_id)
+        state = run.state.life_cycle_state.value if run.state and run.state.life_cycle_state else "UNKNOWN"
+        if state in TERMINAL:
+            return run
+        if clock() >= deadline:
+            raise RunTimeout(f"run {run_id} still {state} after {timeout:g} s: {run.run_page_url or ''}".rstrip(": "))
+        log.info("run %s: %s", run_id, state)
+        sleep(min(poll, max(0.0, deadline - clock())))
+
+
+def report(w, run, output_dir: str | None = None) -> RunReport:
+    """State of the run and its tasks, the error of each failed task, and the run's metrics if readable."""
+    state = run.state
+    tasks = []
+    for t in run.tasks or []:
+        ts = t.state
+        entry = {"task_key": t.task_key, "run_id": t.run_id,
+                 "life_cycle_state": ts.life_cycle_state.value if ts and ts.life_cycle_state else None,
+                 "result_state": ts.result_state.value if ts and ts.result_state else None}
+        if entry["result_state"] not in (None, "SUCCESS"):
+            try:
+                out = w.jobs.get_run_output(t.run_id)
+                entry["error"] = out.error or (out.logs or "")[-500:]
+            except Exception as exc:  # the output may be gone or not yet there; the state says enough
+                entry["error"] = f"(output unavailable: {exc})"
+        tasks.append(entry)
+    result = RunReport(
+        run_id=run.run_id, url=run.run_page_url,
+        life_cycle_state=state.life_cycle_state.value if state and state.life_cycle_state else "UNKNOWN",
+        result_state=state.result_state.value if state and state.result_state else None,
+        state_message=(state.state_message or "") if state else "", tasks=tasks,
+    )
+    if result.succeeded and output_dir and output_dir.startswith("/Volumes/"):
+        result.metrics = fetch_json(w, f"{output_dir.rstrip('/')}/evaluation/metrics.json")
+    return result
+
+
+def fetch_json(w, path: str) -> dict[str, Any] | None:
+    """A JSON file from a Unity Catalog volume (Files API); None when it cannot be read."""
+    try:
+        with w.files.download(path).contents as f:
+            return json.loads(f.read())
+    except Exception as exc:  # reported as missing metrics, not as a failed run
+        log.warning("could not read %s: %s", path, exc)
+        return None

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: setup demo test test-quick photos docker-test compose-demo local-cluster-start local-cluster-stop clean
+.PHONY: setup demo test test-quick photos examples docker-test compose-demo local-cluster-start local-cluster-stop clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ test: setup photos
 
 test-quick: setup photos
 	$(VENV)/bin/pytest -m "not slow"
+
+# Both original sparkdl recipes on sparkvision (examples/); the football one needs ../shared.
+examples: setup
+	$(PY) examples/messi_ronaldo.py
+	$(PY) examples/digits_multiclass.py
 
 # The image, built offline (own dockerd, debootstrap base, CA as a BuildKit secret), tests run inside it,
 # then the compose cluster (master + 2 workers) runs the demo. Needs root.

@@ -1,4 +1,8 @@
-"""``DeepImageFeaturizer``: encoded image bytes -> pooled CNN features, as a Spark ML Transformer.
+"""``DeepImageFeaturizer``: images -> pooled CNN features, as a Spark ML Transformer.
+
+Input is either encoded image bytes (``binaryFile``'s ``content``, the loader's output) or a Spark
+image struct (``spark.read.format("image")``, sparkdl's ``readImages``), whose BGR pixels are turned
+into RGB before the model's resize and preprocessing.
 
 An iterator pandas UDF builds the Keras model once per Python worker (kept across tasks with
 ``spark.python.worker.reuse``), decodes each Arrow batch with Pillow, and runs the network on
@@ -101,15 +105,27 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
         in_col = self.getInputCol()
         if in_col not in dataset.columns:
             raise ValueError(f"DeepImageFeaturizer: input column {in_col!r} not in {dataset.columns}")
-        if not isinstance(dataset.schema[in_col].dataType, T.BinaryType):
+        dtype = dataset.schema[in_col].dataType
+        struct = is_image_struct(dtype)
+        if not (struct or isinstance(dtype, T.BinaryType)):
             raise ValueError(
-                f"DeepImageFeaturizer: input column {in_col!r} must hold encoded image bytes (binary), "
-                f"got {dataset.schema[in_col].dataType.simpleString()}"
+                f"DeepImageFeaturizer: input column {in_col!r} must hold encoded image bytes (binary) or a Spark "
+                f"image struct (height, width, nChannels, mode, data), got {dtype.simpleString()}"
             )
         self.resolveWeights()
         udf = featurize_udf(WorkerModelKey.from_featurizer(self), self.getOrDefault(self.batchSize),
-                            self.getOrDefault(self.numThreads), self.getOrDefault(self.maxPixels))
-        return dataset.withColumn(self.getOutputCol(), array_to_vector(udf(F.col(in_col))))
+                            self.getOrDefault(self.numThreads), self.getOrDefault(self.maxPixels), struct)
+        column = F.col(in_col)
+        if struct:
+            column = F.struct(*[F.col(f"{in_col}.{f}") for f in IMAGE_STRUCT_FIELDS])
+        return dataset.withColumn(self.getOutputCol(), array_to_vector(udf(column)))
+
+
+IMAGE_STRUCT_FIELDS = ("height", "width", "nChannels", "mode", "data")
+
+
+def is_image_struct(dtype: T.DataType) -> bool:
+    return isinstance(dtype, T.StructType) and set(IMAGE_STRUCT_FIELDS) <= set(dtype.fieldNames())
 
 
 class WorkerModelKey(tuple):
@@ -171,21 +187,29 @@ def featurize_arrays(key: WorkerModelKey, batch: np.ndarray) -> np.ndarray:
     return np.asarray(predict(np.asarray(x, dtype=np.float32)))
 
 
-def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels: int):
-    @F.pandas_udf(T.ArrayType(T.FloatType()))
-    def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels: int, struct: bool = False):
+    """The pandas UDF: encoded bytes (a Series) or image structs (a DataFrame) -> feature arrays."""
+
+    def run(batches):
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
         configure_tensorflow(threads or (ctx.cpus() if ctx else 1))
         _, _, spec = load_worker_model(key)
-        for series in batches:
-            out: list = [None] * len(series)
-            for start in range(0, len(series), batch_size):
+
+        def decode(item) -> np.ndarray:
+            if struct:
+                return imglib.resize_for_model(imglib.from_image_struct(*item), spec.input_size, spec.crop_fraction)
+            return imglib.decode_for_model(item, spec.input_size, spec.crop_fraction, max_pixels)
+
+        for batch in batches:
+            items = list(batch.itertuples(index=False, name=None)) if struct else list(batch)
+            out: list = [None] * len(items)
+            for start in range(0, len(items), batch_size):
                 arrays, positions = [], []
-                for i, data in enumerate(series.iloc[start:start + batch_size], start=start):
+                for i in range(start, min(start + batch_size, len(items))):
                     try:
-                        arrays.append(imglib.decode_for_model(data, spec.input_size, spec.crop_fraction, max_pixels))
+                        arrays.append(decode(items[i]))
                         positions.append(i)
                     except imglib.ImageRejected as exc:
                         log.warning("featurizer: row skipped, %s", exc)
@@ -194,5 +218,16 @@ def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels
                     for i, row in zip(positions, feats):
                         out[i] = row
             yield pd.Series(out, dtype=object)
+
+    if struct:
+        @F.pandas_udf(T.ArrayType(T.FloatType()))
+        def featurize_structs(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+            yield from run(batches)
+
+        return featurize_structs
+
+    @F.pandas_udf(T.ArrayType(T.FloatType()))
+    def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        yield from run(batches)
 
     return featurize

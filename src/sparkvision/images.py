@@ -132,3 +132,32 @@ def decode_for_model(data: bytes, size: int, crop_fraction: float = 1.0, max_pix
 
 def has_image_extension(path: str, extensions=IMAGE_EXTENSIONS) -> bool:
     return path.rsplit(".", 1)[-1].lower() in extensions if "." in path.rsplit("/", 1)[-1] else False
+
+
+# Spark's image struct (pyspark.ml.image.ImageSchema, and sparkdl's readImages): 8-bit pixels in
+# OpenCV order (BGR / BGRA / gray), row-major, with the OpenCV type code in ``mode``.
+OCV_TYPES = {1: 0, 3: 16, 4: 24}  # channels -> CV_8UC1, CV_8UC3, CV_8UC4
+
+
+def from_image_struct(height: int, width: int, n_channels: int, mode: int, data: bytes | None) -> Image.Image:
+    """Spark image-struct pixels -> upright RGB image (alpha onto white, like :func:`to_rgb`)."""
+    if data is None or height is None or width is None:
+        raise ImageRejected("image struct is null (the file could not be read)")
+    if OCV_TYPES.get(n_channels) != mode:
+        raise ImageRejected(f"image struct mode {mode} with {n_channels} channels: only 8-bit gray, BGR and BGRA are supported")
+    if height <= 0 or width <= 0 or len(data) != height * width * n_channels:
+        raise ImageRejected(f"image struct of {height}x{width}x{n_channels} holds {len(data)} bytes")
+    arr = np.frombuffer(data, dtype=np.uint8).reshape(height, width, n_channels)
+    if n_channels == 1:
+        return Image.fromarray(arr[:, :, 0], "L").convert("RGB")
+    if n_channels == 3:
+        return Image.fromarray(np.ascontiguousarray(arr[:, :, ::-1]), "RGB")
+    return to_rgb(Image.fromarray(np.ascontiguousarray(arr[:, :, [2, 1, 0, 3]]), "RGBA"))
+
+
+def to_image_struct(img: Image.Image, origin: str = "") -> dict:
+    """RGB image -> Spark image struct (BGR bytes, CV_8UC3)."""
+    arr = np.asarray(to_rgb(img), dtype=np.uint8)[:, :, ::-1]
+    h, w = arr.shape[:2]
+    return {"origin": origin, "height": h, "width": w, "nChannels": 3, "mode": OCV_TYPES[3],
+            "data": np.ascontiguousarray(arr).tobytes()}

@@ -1,0 +1,1 @@
+"""Old APIs on sparkvision's engine (``sparkvision.compat.sparkdl``)."""

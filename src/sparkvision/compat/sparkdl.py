@@ -1,0 +1,136 @@
+"""sparkdl (Databricks' spark-deep-learning) names on sparkvision's engine: change the import, keep the recipe.
+
+    from sparkdl import readImages, DeepImageFeaturizer                      # Spark 2 / TF 1, no longer runs
+    from sparkvision.compat.sparkdl import readImages, DeepImageFeaturizer   # Spark 4 / TF 2
+
+What differs from sparkdl, on purpose (``DeepImageFeaturizer`` says so once, as a SparkdlCompatWarning):
+
+* features are the network's global-average-pooled output (2048 values for InceptionV3, Xception and
+  ResNet50, 512 for VGG16/19) instead of sparkdl's flattened last feature map (131,072 for InceptionV3);
+  classifiers trained on sparkdl features must be retrained;
+* images reach the network as RGB, resized exactly as ``keras.utils.load_img`` does, then the model's
+  own Keras preprocessing; sparkdl fed BGR pixels resized its own way;
+* ``modelName`` also accepts sparkvision's registry names (e.g. the offline ``efficientnet_lite0``);
+* ``readImages`` decodes with Pillow and never returns a broken image: files that cannot be decoded
+  (truncated JPEGs included, which Spark's image source passes as valid) are left out and listed in a
+  warning with their reasons; :func:`readImagesWithRejects` returns them as a DataFrame.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from .. import config, images as imglib, predict
+from ..featurizer import DeepImageFeaturizer as _Featurizer
+from ..models import registry
+
+log = logging.getLogger(__name__)
+
+SPARKDL_MODELS = ("InceptionV3", "Xception", "ResNet50", "VGG16", "VGG19")
+IMAGE_SCHEMA = T.StructType([
+    T.StructField("origin", T.StringType(), True),
+    T.StructField("height", T.IntegerType(), True),
+    T.StructField("width", T.IntegerType(), True),
+    T.StructField("nChannels", T.IntegerType(), True),
+    T.StructField("mode", T.IntegerType(), True),
+    T.StructField("data", T.BinaryType(), True),
+])
+_DIFFERENCES = (
+    "sparkvision.compat.sparkdl.DeepImageFeaturizer is not sparkdl's: its features are the model's "
+    "global-average-pooled output ({dim} values for {model}), not sparkdl's flattened feature map "
+    "(131,072 for InceptionV3), and images are fed as RGB resized like keras.utils.load_img, not BGR. "
+    "Retrain classifiers built on sparkdl features. See sparkvision.compat.sparkdl's docstring."
+)
+
+
+class SparkdlCompatWarning(UserWarning):
+    """Where the compat layer behaves differently from sparkdl."""
+
+
+def _spark() -> SparkSession:
+    return SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
+
+
+@F.pandas_udf(IMAGE_SCHEMA)
+def _to_image_struct(paths: pd.Series, contents: pd.Series) -> pd.DataFrame:
+    rows = [imglib.to_image_struct(imglib.decode_rgb(data), origin=path) for path, data in zip(paths, contents)]
+    return pd.DataFrame(rows, columns=IMAGE_SCHEMA.fieldNames())
+
+
+def readImagesWithRejects(imageDirectory: str, numPartition: int | None = None) -> tuple[DataFrame, DataFrame]:
+    """``(images, rejected)``: ``filePath, image`` rows for every decodable image under the folder, and
+    ``path, reason`` for the files that could not be used."""
+    spark = _spark()
+    data = config.defaults()["data"]
+    found, rejected, counts = predict.unlabelled_images(spark, imageDirectory, data)
+    images = found.select(F.col("path").alias("filePath"), _to_image_struct("path", "content").alias("image"))
+    if numPartition:
+        images = images.repartition(numPartition)
+    if counts["rejected"]:
+        sample = [f"{r['path']} ({r['reason']})" for r in rejected.orderBy("path").limit(5).collect()]
+        warnings.warn(
+            f"readImages({imageDirectory!r}): {counts['rejected']} of {counts['discovered']} files could not be "
+            f"used and were left out: {'; '.join(sample)}{' ...' if counts['rejected'] > 5 else ''}",
+            SparkdlCompatWarning, stacklevel=3,
+        )
+    return images, rejected
+
+
+def readImages(imageDirectory: str, numPartition: int | None = None) -> DataFrame:
+    """sparkdl's ``readImages``: a DataFrame of ``filePath`` (string) and ``image`` (Spark image struct, BGR)."""
+    return readImagesWithRejects(imageDirectory, numPartition)[0]
+
+
+def DeepImageFeaturizer(inputCol: str = "image", outputCol: str = "features", modelName: str = "InceptionV3",
+                        scaleHint: str | None = None, **kwargs) -> _Featurizer:
+    """sparkdl's ``DeepImageFeaturizer(inputCol, outputCol, modelName)`` as a sparkvision featurizer.
+
+    ``inputCol`` may hold Spark image structs (from :func:`readImages`) or encoded bytes. ``scaleHint``
+    is accepted for old code and ignored: resizing always matches Keras. Other keyword arguments go to
+    :class:`sparkvision.featurizer.DeepImageFeaturizer` (``weightsPath``, ``batchSize``, ...).
+    """
+    try:
+        spec = registry.get(modelName)
+    except KeyError:
+        raise ValueError(f"DeepImageFeaturizer: unknown modelName {modelName!r}; sparkdl's were "
+                         f"{', '.join(SPARKDL_MODELS)}; sparkvision also has {', '.join(sorted(registry.MODELS))}") from None
+    warnings.warn(_DIFFERENCES.format(dim=spec.feature_dim, model=spec.name), SparkdlCompatWarning, stacklevel=2)
+    if scaleHint is not None:
+        log.info("DeepImageFeaturizer: scaleHint=%r ignored (resizing matches Keras' load_img)", scaleHint)
+    return _Featurizer(inputCol=inputCol, outputCol=outputCol, modelName=spec.name, **kwargs)
+
+
+# ---- ImageSchema-style helpers (sparkdl.image.imageIO) -------------------------------------------------
+
+
+def imageStructToArray(imageRow) -> np.ndarray:
+    """Image struct -> ``(height, width, nChannels)`` uint8 array, in the struct's (BGR) channel order."""
+    return np.frombuffer(imageRow["data"], dtype=np.uint8).reshape(imageRow["height"], imageRow["width"], imageRow["nChannels"])
+
+
+def imageArrayToStruct(imgArray: np.ndarray, origin: str = "") -> dict:
+    """``(height, width, channels)`` uint8 array in BGR order -> image struct (a dict Spark accepts as a Row)."""
+    arr = np.asarray(imgArray)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"imageArrayToStruct: 8-bit arrays only, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    channels = arr.shape[2]
+    if channels not in imglib.OCV_TYPES:
+        raise ValueError(f"imageArrayToStruct: 1, 3 or 4 channels, got {channels}")
+    return {"origin": origin, "height": arr.shape[0], "width": arr.shape[1], "nChannels": channels,
+            "mode": imglib.OCV_TYPES[channels], "data": np.ascontiguousarray(arr).tobytes()}
+
+
+def imageStructToPIL(imageRow):
+    """Image struct -> RGB ``PIL.Image``."""
+    return imglib.from_image_struct(imageRow["height"], imageRow["width"], imageRow["nChannels"], imageRow["mode"],
+                                    imageRow["data"])
+

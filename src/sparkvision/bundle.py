@@ -56,10 +56,7 @@ class Bundle:
 
 
 def yaml_path(path) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
+    return clusters.dotted_path(path) or "(top level)"
 
 
 def _read_yaml(root: Path, rel: str) -> Any:

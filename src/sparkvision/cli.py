@@ -167,6 +167,12 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _print_problems(exc) -> None:
+    print(f"sparkvision: bundle invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+    for line in exc.problems:
+        print(f"  {line}", file=sys.stderr)
+
+
 def _bundle(args: argparse.Namespace) -> int:
     import json
 
@@ -186,9 +192,7 @@ def _bundle(args: argparse.Namespace) -> int:
     try:
         result = bundle.validate(args.root, args.target, _pairs(args.var, "--var"), args.schema)
     except bundle.BundleError as exc:
-        print(f"sparkvision: bundle invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
+        _print_problems(exc)
         return 1
     if args.output_json:
         print(json.dumps(result["config"], indent=2))
@@ -248,7 +252,7 @@ def _databricks(args: argparse.Namespace) -> int:
         print(f"sparkvision: databricks: {exc}", file=sys.stderr)
         return 3
     except bundle.BundleError as exc:
-        print("sparkvision: bundle invalid:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        _print_problems(exc)
         return 2
     except (DatabricksError, LookupError, ValueError) as exc:
         print(f"sparkvision: databricks: {exc}", file=sys.stderr)

@@ -77,8 +77,12 @@ def find_credentials(data: Any, path: tuple = ()):
         yield path, "value"
 
 
-def _dotted(path: tuple) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+def dotted_path(path) -> str:
+    """``("resources", "jobs", "x", "tasks", 0)`` -> ``resources.jobs.x.tasks[0]``."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
 
 
 def check_no_secrets(data: Any, origin: str, where: str = "") -> None:
@@ -86,10 +90,10 @@ def check_no_secrets(data: Any, origin: str, where: str = "") -> None:
     for path, what in find_credentials(data, (where,) if where else ()):
         if what == "key":
             raise ClusterSpecError(
-                f"{origin}: key {_dotted(path)!r} looks like a credential; specs must not hold secrets. "
+                f"{origin}: key {dotted_path(path)!r} looks like a credential; specs must not hold secrets. "
                 "Use the environment, an instance profile or a Databricks secret reference {{secrets/scope/key}}"
             )
-        raise ClusterSpecError(f"{origin}: the value of {_dotted(path)!r} looks like a credential; specs must not hold secrets")
+        raise ClusterSpecError(f"{origin}: the value of {dotted_path(path)!r} looks like a credential; specs must not hold secrets")
 
 
 def _need(section: dict, key: str, kind, origin: str, where: str, check=None, rule: str = ""):

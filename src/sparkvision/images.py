@@ -155,9 +155,20 @@ def from_image_struct(height: int, width: int, n_channels: int, mode: int, data:
     return to_rgb(Image.fromarray(np.ascontiguousarray(arr[:, :, [2, 1, 0, 3]]), "RGBA"))
 
 
+def bgr_array_to_struct(arr: np.ndarray, origin: str = "") -> dict:
+    """``(height, width[, channels])`` uint8 array in OpenCV order -> Spark image struct (a dict)."""
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"image struct: 8-bit arrays only, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    channels = arr.shape[2]
+    if channels not in OCV_TYPES:
+        raise ValueError(f"image struct: 1, 3 or 4 channels, got {channels}")
+    return {"origin": origin, "height": arr.shape[0], "width": arr.shape[1], "nChannels": channels,
+            "mode": OCV_TYPES[channels], "data": np.ascontiguousarray(arr).tobytes()}
+
+
 def to_image_struct(img: Image.Image, origin: str = "") -> dict:
     """RGB image -> Spark image struct (BGR bytes, CV_8UC3)."""
-    arr = np.asarray(to_rgb(img), dtype=np.uint8)[:, :, ::-1]
-    h, w = arr.shape[:2]
-    return {"origin": origin, "height": h, "width": w, "nChannels": 3, "mode": OCV_TYPES[3],
-            "data": np.ascontiguousarray(arr).tobytes()}
+    return bgr_array_to_struct(np.asarray(to_rgb(img), dtype=np.uint8)[:, :, ::-1], origin)

@@ -117,16 +117,7 @@ def imageStructToArray(imageRow) -> np.ndarray:
 
 def imageArrayToStruct(imgArray: np.ndarray, origin: str = "") -> dict:
     """``(height, width, channels)`` uint8 array in BGR order -> image struct (a dict Spark accepts as a Row)."""
-    arr = np.asarray(imgArray)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"imageArrayToStruct: 8-bit arrays only, got {arr.dtype}")
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    channels = arr.shape[2]
-    if channels not in imglib.OCV_TYPES:
-        raise ValueError(f"imageArrayToStruct: 1, 3 or 4 channels, got {channels}")
-    return {"origin": origin, "height": arr.shape[0], "width": arr.shape[1], "nChannels": channels,
-            "mode": imglib.OCV_TYPES[channels], "data": np.ascontiguousarray(arr).tobytes()}
+    return imglib.bgr_array_to_struct(imgArray, origin)
 
 
 def imageStructToPIL(imageRow):

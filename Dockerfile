@@ -96,6 +96,7 @@ COPY pyproject.toml bundle.yml /opt/sparkvision/
 COPY jobs /opt/sparkvision/jobs
 COPY infra/databricks /opt/sparkvision/infra/databricks
 COPY tests /opt/sparkvision/tests
+COPY bench /opt/sparkvision/bench
 RUN chown -R spark:spark /opt/sparkvision/tests
 USER spark
 CMD ["test"]

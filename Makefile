@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: setup demo test test-quick photos examples docker-test compose-demo local-cluster-start local-cluster-stop clean
+.PHONY: setup demo test test-quick bench bench-smoke photos examples docker-test compose-demo local-cluster-start local-cluster-stop clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,14 @@ test: setup photos
 
 test-quick: setup photos
 	$(VENV)/bin/pytest -m "not slow"
+
+# Featurization speed, tuning cost and memory in one run (bench/README.md); writes bench/results/ and
+# README's table. bench-smoke: the same code paths on a few images (CI); its figures mean nothing.
+bench: setup
+	$(PY) -m bench featurize --readme
+
+bench-smoke: setup
+	$(PY) -m bench featurize --quick --out .cache/bench-smoke
 
 # Both original sparkdl recipes on sparkvision (examples/); the football one needs ../shared.
 examples: setup

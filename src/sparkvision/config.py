@@ -74,6 +74,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "standardization": Field(False, bool),
         "metric": Field("logLoss", str, lambda v: v in ("logLoss", "accuracy", "f1"), "one of logLoss, accuracy, f1"),
         "seed": Field(42, int),
+        # local: grid points scored by Spark tasks solving Spark's LR objective in-process (training rows
+        # must fit local_max_mb), winner refit by Spark ML; spark: CrossValidator; auto: local if they fit.
+        "tuning": Field("auto", str, lambda v: v in ("auto", "local", "spark"), "one of auto, local, spark"),
+        "local_max_mb": Field(512, int, _positive, "a positive number of megabytes"),
     },
     "output": {
         "dir": Field("runs/latest", str),

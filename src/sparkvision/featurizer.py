@@ -5,16 +5,20 @@ image struct (``spark.read.format("image")``, sparkdl's ``readImages``), whose B
 into RGB before the model's resize and preprocessing.
 
 An iterator pandas UDF builds the Keras model once per Python worker (kept across tasks with
-``spark.python.worker.reuse``), decodes each Arrow batch with Pillow, and runs the network on
-``batchSize`` images at a time with TensorFlow's threads bounded to the task's cores. The stage
+``spark.python.worker.reuse``), regroups the Arrow batches (sized by bytes) into full ``batchSize``
+network batches, decodes them with Pillow and runs the network with TensorFlow's threads bounded to
+the task's cores: one busy thread per task core, no oversubscription. On a GPU executor it uses the
+task's GPUs and decodes the next batch on a helper thread while the device works. The stage
 persists its parameters only: the model name and the sha256 of its weights file, which every
 worker re-checks, so a saved pipeline never carries (or silently swaps) weights.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -141,8 +145,10 @@ _MODELS: dict[tuple, tuple] = {}
 _TF_THREADS: int | None = None
 
 
-def configure_tensorflow(threads: int) -> None:
-    """Set TF's thread pools once per process, before its first op (it raises if done later)."""
+def configure_tensorflow(threads: int, gpus: list[str] | None = None) -> None:
+    """Set TF up once per process, before its first op (it raises if done later): CPU thread pools
+    sized to the task's cores; on a GPU executor only the GPUs Spark gave this task, memory grown on
+    demand (several workers may share one GPU)."""
     global _TF_THREADS
     if _TF_THREADS is not None:
         return
@@ -153,8 +159,14 @@ def configure_tensorflow(threads: int) -> None:
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-    except RuntimeError:  # TF already initialised in this process (e.g. tests): keep its pools
-        log.debug("TensorFlow already initialised; thread settings unchanged")
+        devices = tf.config.list_physical_devices("GPU")
+        if devices and gpus:
+            devices = [d for d in devices if d.name.rsplit(":", 1)[-1] in gpus] or devices
+            tf.config.set_visible_devices(devices, "GPU")
+        for device in devices:
+            tf.config.experimental.set_memory_growth(device, True)
+    except RuntimeError:  # TF already initialised in this process (e.g. tests): keep its settings
+        log.debug("TensorFlow already initialised; thread and device settings unchanged")
     _TF_THREADS = threads
 
 
@@ -176,7 +188,11 @@ def load_worker_model(key: WorkerModelKey):
             input_signature=[tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.float32)],
             reduce_retracing=True,
         )
+        predict(tf.zeros([1, spec.input_size, spec.input_size, 3]))  # trace the graph now
         _MODELS[key] = (predict, spec.preprocess_fn(), spec)
+        # PySpark's daemon runs gc.collect() after every task of a reused worker; over TensorFlow's and
+        # Keras' objects that took ~0.3 s per task here. Nothing built so far is garbage: freeze it.
+        gc.freeze()
     return _MODELS[key]
 
 
@@ -194,7 +210,8 @@ def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
-        configure_tensorflow(threads or (ctx.cpus() if ctx else 1))
+        gpus = ctx.resources()["gpu"].addresses if ctx and "gpu" in ctx.resources() else None
+        configure_tensorflow(threads or (ctx.cpus() if ctx else 1), gpus)
         _, _, spec = load_worker_model(key)
 
         def decode(item) -> np.ndarray:
@@ -202,21 +219,35 @@ def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels
                 return imglib.resize_for_model(imglib.from_image_struct(*item), spec.input_size, spec.crop_fraction)
             return imglib.decode_for_model(item, spec.input_size, spec.crop_fraction, max_pixels)
 
-        for batch in batches:
-            items = list(batch.itertuples(index=False, name=None)) if struct else list(batch)
-            out: list = [None] * len(items)
-            for start in range(0, len(items), batch_size):
-                arrays, positions = [], []
-                for i in range(start, min(start + batch_size, len(items))):
-                    try:
-                        arrays.append(decode(items[i]))
-                        positions.append(i)
-                    except imglib.ImageRejected as exc:
-                        log.warning("featurizer: row skipped, %s", exc)
-                if arrays:
-                    feats = featurize_arrays(key, np.stack(arrays))
-                    for i, row in zip(positions, feats):
-                        out[i] = row
+        def decode_rows(rows: list) -> tuple[int, list[int], list[np.ndarray]]:
+            positions, arrays = [], []
+            for i, item in enumerate(rows):
+                try:
+                    arrays.append(decode(item))
+                    positions.append(i)
+                except imglib.ImageRejected as exc:
+                    log.warning("featurizer: row skipped, %s", exc)
+            return len(rows), positions, arrays
+
+        def network_batches():
+            """Full ``batch_size`` chunks across Arrow batches (whose size is set by bytes), the rest last."""
+            rows: list = []
+            for batch in batches:
+                rows.extend(batch.itertuples(index=False, name=None) if struct else batch)
+                while len(rows) >= batch_size:
+                    yield rows[:batch_size]
+                    rows = rows[batch_size:]
+            if rows:
+                yield rows
+
+        decoded = map(decode_rows, network_batches())
+        if gpus:  # the device computes while the CPU decodes the next batch; on CPU it would oversubscribe
+            decoded = _one_ahead(decoded)
+        for n, positions, arrays in decoded:
+            out: list = [None] * n
+            if arrays:
+                for i, row in zip(positions, featurize_arrays(key, np.stack(arrays))):
+                    out[i] = row
             yield pd.Series(out, dtype=object)
 
     if struct:
@@ -231,3 +262,16 @@ def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels
         yield from run(batches)
 
     return featurize
+
+
+_END = object()
+
+
+def _one_ahead(items):
+    """Iterate ``items`` with the next one computed on a helper thread meanwhile."""
+    it = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="sparkvision-decode") as pool:
+        pending = pool.submit(next, it, _END)
+        while (item := pending.result()) is not _END:
+            pending = pool.submit(next, it, _END)
+            yield item

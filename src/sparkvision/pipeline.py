@@ -147,12 +147,12 @@ def stage_train(spark: SparkSession, cfg: Config) -> dict:
         "classes": classes,
         "split": report,
         "majority_class": majority,
-        "tuning": {"metric": result.metric, "folds": cfg["train"]["folds"], "grid": result.grid,
+        "tuning": {"metric": result.metric, "folds": cfg["train"]["folds"], "engine": result.engine, "grid": result.grid,
                    "best_params": result.best_params, "seconds": result.seconds},
     }
     storage.write_json(p["train"], summary)
-    log.info("train: best %s (%s CV, %.1f s); model saved to %s", result.best_params, result.metric,
-             result.seconds, p["model"])
+    log.info("train: best %s (%s CV, %s engine, %.1f s); model saved to %s", result.best_params, result.metric,
+             result.engine, result.seconds, p["model"])
     return summary
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -58,10 +59,23 @@ def _spark() -> SparkSession:
     return SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
 
 
+# Decoded pixels are ~10x their JPEG: an Arrow batch of 256 decoded photos is hundreds of MB in the JVM.
+STRUCT_BATCH_BYTES = 32 * 2**20
+
+
 @F.pandas_udf(IMAGE_SCHEMA)
-def _to_image_struct(paths: pd.Series, contents: pd.Series) -> pd.DataFrame:
-    rows = [imglib.to_image_struct(imglib.decode_rgb(data), origin=path) for path, data in zip(paths, contents)]
-    return pd.DataFrame(rows, columns=IMAGE_SCHEMA.fieldNames())
+def _to_image_struct(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+    """Decode to image structs, yielding batches of at most ~STRUCT_BATCH_BYTES of pixels."""
+    for paths, contents in batches:
+        rows, size = [], 0
+        for path, data in zip(paths, contents):
+            rows.append(imglib.to_image_struct(imglib.decode_rgb(data), origin=path))
+            size += len(rows[-1]["data"])
+            if size >= STRUCT_BATCH_BYTES:
+                yield pd.DataFrame(rows, columns=IMAGE_SCHEMA.fieldNames())
+                rows, size = [], 0
+        if rows:
+            yield pd.DataFrame(rows, columns=IMAGE_SCHEMA.fieldNames())
 
 
 def readImagesWithRejects(imageDirectory: str, numPartition: int | None = None) -> tuple[DataFrame, DataFrame]:

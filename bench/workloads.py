@@ -1,0 +1,202 @@
+"""What the benchmark runs, one workload per fresh process: ``python -m bench.workloads KIND 'JSON'``.
+
+* ``keras``: plain Keras, no Spark: ``model.predict`` on pre-decoded batches (the limit) and the same
+  images end to end from their files (read, decode, resize, preprocess, predict), in one process.
+* ``spark``: sparkvision's featurize stage on the same files inside Spark, cold (fresh workers) then
+  warm, and the featurizer on the same images already decoded (Spark image structs).
+* ``pipeline``: load -> featurize -> one LogisticRegression fit vs a tuning grid on the persisted
+  features, for the memory and tuning figures (the parent samples this process tree's RSS).
+
+Each prints one ``BENCH_RESULT {json}`` line; :mod:`bench.procs` collects it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from bench.data import image_files
+from bench.procs import RESULT_PREFIX
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def weights_for(args: dict) -> str | None:
+    """The weights file: the registry's offline file, or a seeded random-weights file (same compute)."""
+    from sparkvision.models import registry
+    from sparkvision.models.weights import resolve_weights
+
+    spec = registry.get(args["model"])
+    if spec.offline:
+        return str(resolve_weights(spec, None, None, None))
+    path = os.path.join(args["work"], "weights", f"{spec.name}-random-seed0.weights.h5")
+    if not os.path.exists(path):
+        import keras
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        keras.utils.set_random_seed(0)
+        tmp = path + ".tmp.weights.h5"
+        spec.build(None).save_weights(tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def keras_workload(args: dict) -> dict:
+    import tensorflow as tf
+
+    threads = args["cores"]
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    from sparkvision import images as imglib
+    from sparkvision.models import registry
+
+    spec = registry.get(args["model"])
+    model = spec.build(weights_for(args))
+    preprocess, batch = spec.preprocess_fn(), args["batch_size"]
+    files = image_files(args["images"])
+
+    def decode(path: str) -> np.ndarray:
+        with open(path, "rb") as fh:
+            return imglib.decode_for_model(fh.read(), spec.input_size, spec.crop_fraction)
+
+    started = time.perf_counter()
+    decoded = np.stack([decode(f) for f in files])
+    decode_s = time.perf_counter() - started
+    x = preprocess(decoded.astype(np.float32))
+    model.predict(x[:batch], batch_size=batch, verbose=0)  # build the predict function once
+    predict_s = []
+    for _ in range(args["repeats"]):
+        started = time.perf_counter()
+        model.predict(x, batch_size=batch, verbose=0)
+        predict_s.append(time.perf_counter() - started)
+    files_s = []
+    for _ in range(args["repeats"]):
+        started = time.perf_counter()
+        for i in range(0, len(files), batch):
+            chunk = np.stack([decode(f) for f in files[i:i + batch]])
+            model.predict(preprocess(chunk.astype(np.float32)), batch_size=batch, verbose=0)
+        files_s.append(time.perf_counter() - started)
+    n = len(files)
+    return {"images": n, "decode_ips": n / decode_s, "predict_ips": n / min(predict_s),
+            "predict_s": predict_s, "files_ips": n / min(files_s), "files_s": files_s}
+
+
+def _config(args: dict, out: str):
+    from sparkvision import config
+
+    cfg = config.load(None)
+    cfg["data"]["images"] = args["images"]
+    cfg["model"]["name"] = args["model"]
+    cfg["model"]["weights"] = weights_for(args)
+    cfg["featurize"]["batch_size"] = args["batch_size"]
+    cfg["output"]["dir"] = out
+    return cfg
+
+
+def _spark(args: dict, conf: dict | None = None):
+    from sparkvision.spark import get_spark
+
+    return get_spark(f"local[{args['cores']}]", "sparkvision-bench",
+                     {"spark.ui.showConsoleProgress": "false", **(conf or {})})
+
+
+def _timed(fn, *a):
+    started = time.perf_counter()
+    result = fn(*a)
+    return time.perf_counter() - started, result
+
+
+def spark_workload(args: dict) -> dict:
+    from sparkvision import pipeline
+    from sparkvision.compat.sparkdl import readImages
+
+    # Decoded 640x480 structs are ~0.9 MB rows: the JVM needs more than local mode's 1 GB default heap
+    # to read and pass them on (the pipeline workload, which the memory figures come from, keeps 1 GB).
+    spark = _spark(args, {"spark.driver.memory": "3g"})
+    cfg = _config(args, os.path.join(args["work"], "spark-out", args["model"]))
+    n = pipeline.stage_load(spark, cfg)["accepted"]
+    cold_s, _ = _timed(pipeline.stage_featurize, spark, cfg)
+    warm_s = [_timed(pipeline.stage_featurize, spark, cfg)[0] for _ in range(args["repeats"])]
+
+    # The same images already decoded: Spark image structs (BGR pixels) at rest in Parquet, one file per
+    # featurize task (written untimed), each read back as one split; then the featurizer alone, its
+    # features written to Parquet.
+    structs_path = os.path.join(args["work"], "spark-out", args["model"], "structs.parquet")
+    features_path = os.path.join(args["work"], "spark-out", args["model"], "struct-features.parquet")
+    parts = pipeline.featurize_partitions(spark, cfg, n)
+    (readImages(args["images"]).repartition(parts, "filePath").write.mode("overwrite")
+     .option("parquet.block.size", 8 * 2**20).parquet(structs_path))
+    largest = max(os.path.getsize(os.path.join(structs_path, f)) for f in os.listdir(structs_path))
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(largest + 2**20))
+    spark.conf.set("spark.sql.parquet.columnarReaderBatchSize", "32")  # ~1 MB rows
+    featurizer = pipeline.make_featurizer(cfg).setParams(inputCol="image")
+    structs = spark.read.parquet(structs_path)
+
+    def featurize_structs():
+        featurizer.transform(structs).select("filePath", "features").write.mode("overwrite").parquet(features_path)
+
+    decoded_s = [_timed(featurize_structs)[0] for _ in range(args["repeats"])]
+    struct_partitions = structs.rdd.getNumPartitions()
+    spark.stop()
+    return {"images": n, "cold_ips": n / cold_s, "warm_ips": n / min(warm_s), "warm_s": warm_s,
+            "cold_s": cold_s, "decoded_warm_ips": n / min(decoded_s), "decoded_s": decoded_s,
+            "partitions": parts, "struct_partitions": struct_partitions}
+
+
+def pipeline_workload(args: dict) -> dict:
+    """Load, featurize once, then one fit and a tuning grid on the same persisted training rows."""
+    from pyspark import StorageLevel
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.sql import functions as F
+
+    from sparkvision import loader, pipeline, train
+    from sparkvision.split import TEST, TRAIN, stratified_split
+
+    spark = _spark(args)
+    cfg = _config(args, os.path.join(args["work"], "pipeline-out", f"{args['model']}-{args['label']}"))
+    cfg["train"].update(args["grid"])
+    load_s, loaded = _timed(pipeline.stage_load, spark, cfg)
+    featurize_s, _ = _timed(pipeline.stage_featurize, spark, cfg)
+
+    features = spark.read.parquet(pipeline.paths(cfg)["features"])
+    classes = loader.classes_of(features)
+    s = cfg["split"]
+    rows = stratified_split(features, s["test_fraction"], s["validation_fraction"], s["seed"]).persist(
+        StorageLevel.MEMORY_AND_DISK)
+    train_rows = rows.filter(F.col("split") == TRAIN)
+    test_rows = rows.filter(F.col("split") == TEST)
+    n_train = train_rows.count()
+
+    def single_fit():
+        lr = train.make_classifier(len(classes), cfg["train"]["standardization"])
+        lr.setRegParam(cfg["train"]["reg_param"][0]).setElasticNetParam(cfg["train"]["elastic_net_param"][0])
+        return lr.setMaxIter(cfg["train"]["max_iter"][-1]).fit(train_rows)
+
+    single_s = [_timed(single_fit)[0]]
+    grid_s, tuned = _timed(train.tune, train_rows, len(classes), cfg["train"])
+    single_s.append(_timed(single_fit)[0])
+    accuracy = MulticlassClassificationEvaluator(labelCol=train.LABEL, metricName="accuracy").evaluate(
+        tuned.model.transform(test_rows))
+    spark.stop()
+    return {"images": loaded["accepted"], "rejected": loaded["rejected"], "load_s": load_s,
+            "featurize_s": featurize_s, "train_rows": n_train, "classes": len(classes),
+            "single_fit_s": single_s, "grid_s": grid_s, "grid_points": len(tuned.grid),
+            "folds": cfg["train"]["folds"], "best_params": tuned.best_params, "test_accuracy": accuracy}
+
+
+WORKLOADS = {"keras": keras_workload, "spark": spark_workload, "pipeline": pipeline_workload}
+
+
+def main(argv: list[str]) -> None:
+    kind, args = argv[0], json.loads(argv[1])
+    result = WORKLOADS[kind](args)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

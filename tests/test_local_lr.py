@@ -1,0 +1,80 @@
+"""The in-process LogisticRegression solves Spark ML's problem: same optimum, same metrics, same CV."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.ml.classification import LogisticRegression
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+from pyspark.ml.linalg import Vectors
+
+from sparkvision import local_lr, train
+
+
+def _blobs(n_classes: int, n: int = 90, d: int = 6, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    centres = rng.normal(0, 1.5, (n_classes, d))
+    x = centres[y] + rng.normal(0, 1.0, (n, d)) * rng.uniform(0.5, 3.0, d)  # unequal feature scales
+    return x, y
+
+
+def _frame(spark, x, y):
+    rows = [(int(i), str(int(label)), int(label), Vectors.dense(v)) for i, (v, label) in enumerate(zip(x, y))]
+    return spark.createDataFrame(rows, ["image_id", "label", train.LABEL, train.FEATURES])
+
+
+@pytest.mark.parametrize("n_classes,reg,alpha,standardization", [
+    (3, 0.1, 0.0, False), (3, 0.05, 0.5, False), (3, 0.05, 0.5, True), (2, 0.1, 0.0, False), (2, 0.02, 1.0, True),
+])
+def test_local_fit_reaches_spark_optimum(spark, n_classes, reg, alpha, standardization):
+    x, y = _blobs(n_classes)
+    spark_model = LogisticRegression(
+        featuresCol=train.FEATURES, labelCol=train.LABEL, regParam=reg, elasticNetParam=alpha, maxIter=1000,
+        tol=1e-12, standardization=standardization, family="multinomial" if n_classes > 2 else "binomial",
+    ).fit(_frame(spark, x, y))
+    local = local_lr.fit(x, y, n_classes, reg, alpha, 1000, standardization, tol=1e-14)
+    expected = np.array([spark_model.predictProbability(Vectors.dense(v)).toArray() for v in x])
+    np.testing.assert_allclose(local.probabilities(x), expected, atol=2e-4)
+    np.testing.assert_allclose(local.coefficients, spark_model.coefficientMatrix.toArray(), atol=2e-3)
+
+
+def test_metrics_match_spark_evaluator(spark):
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(4), 50)
+    proba[0] = [1.0, 0.0, 0.0, 0.0]  # a zero probability for a true class: clipped like Spark
+    y = rng.integers(0, 4, 50)
+    y[0] = 3
+    rows = [(float(label), float(p.argmax()), Vectors.dense(p)) for label, p in zip(y, proba)]
+    df = spark.createDataFrame(rows, ["label", "prediction", "probability"])
+    for name in ("logLoss", "accuracy", "f1"):
+        expected = MulticlassClassificationEvaluator(metricName=name).evaluate(df)
+        assert local_lr.metric(name, y, proba) == pytest.approx(expected, rel=1e-9), name
+
+
+def _cfg(tuning: str) -> dict:
+    return {"reg_param": [0.01, 0.1, 3.0], "elastic_net_param": [0.0], "max_iter": [500], "folds": 3,
+            "standardization": False, "metric": "logLoss", "seed": 5, "tuning": tuning, "local_max_mb": 64}
+
+
+def test_local_tuning_agrees_with_crossvalidator(spark):
+    x, y = _blobs(3, n=60)
+    df = _frame(spark, x, y).cache()
+    local = train.tune(df, 3, _cfg("auto"))
+    cv = train.tune(df, 3, _cfg("spark"))
+    assert local.engine == "local" and cv.engine == "spark"
+    assert local.best_params == cv.best_params
+    np.testing.assert_allclose([r["mean"] for r in local.grid], [r["mean"] for r in cv.grid], atol=2e-3)
+    # The winner is Spark ML's own fit (warm-started): a LogisticRegressionModel with the tuned params.
+    assert type(local.model).__name__ == "LogisticRegressionModel"
+    assert local.model.getRegParam() == local.best_params["reg_param"]
+    probe = [Vectors.dense(v) for v in x[:10]]
+    np.testing.assert_allclose([local.model.predictProbability(v).toArray() for v in probe],
+                               [cv.model.predictProbability(v).toArray() for v in probe], atol=2e-3)
+
+
+def test_auto_falls_back_to_crossvalidator_when_features_do_not_fit(spark):
+    x, y = _blobs(2, n=30)
+    cfg = {**_cfg("auto"), "reg_param": [0.1], "max_iter": [5], "local_max_mb": 1}
+    df = _frame(spark, np.repeat(x, 3000, axis=1), y)  # 30 x 18,000 doubles = 4.1 MB > 1 MB
+    assert train.tune(df, 2, cfg).engine == "spark"

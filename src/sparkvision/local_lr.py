@@ -104,15 +104,11 @@ def metric(name: str, y: np.ndarray, proba: np.ndarray) -> float:
     predicted = proba.argmax(axis=1)
     if name == "accuracy":
         return float(np.mean(predicted == y))
-    if name == "f1":
-        total = 0.0
-        for label in np.unique(y):
-            tp = np.sum((predicted == label) & (y == label))
-            precision = tp / max(np.sum(predicted == label), 1)
-            recall = tp / np.sum(y == label)
-            f = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            total += f * np.sum(y == label) / len(y)
-        return float(total)
+    if name == "f1":  # per-class F1 weighted by true-class support, as the evaluation report's
+        from .evaluate import metrics_from_arrays
+
+        classes = [str(k) for k in range(proba.shape[1])]
+        return metrics_from_arrays(y, predicted, None, classes, 0)["f1_weighted"]
     raise ValueError(f"unknown metric {name!r}: use logLoss, accuracy or f1")
 
 

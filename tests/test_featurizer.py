@@ -42,6 +42,21 @@ def test_spark_features_equal_plain_keras_predict(digits_features):
     np.testing.assert_allclose(spark_features, keras_features, atol=1e-4, rtol=0)
 
 
+def test_network_batches_span_arrow_batches(spark, digits_images, digits_features):
+    # Arrow batches of 7 rows, network batches of 5: rows carried across Arrow batches keep their order.
+    _, reference = digits_features
+    previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "7")
+    try:
+        rows = (DeepImageFeaturizer(modelName="efficientnet_lite0", batchSize=5).transform(digits_images.coalesce(1))
+                .select("image_id", "features").orderBy("image_id").collect())
+    finally:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
+    assert [r.image_id for r in rows] == [r.image_id for r in reference]
+    np.testing.assert_allclose(np.stack([r.features.toArray() for r in rows]),
+                               np.stack([r.features.toArray() for r in reference]), atol=1e-4, rtol=0)
+
+
 def test_pins_weights_checksum(digits_features):
     featurizer, _ = digits_features
     assert featurizer.getOrDefault(featurizer.weightsChecksum) == registry.get("efficientnet_lite0").weights.file_hash

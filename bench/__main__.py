@@ -76,7 +76,7 @@ def featurize(opts: argparse.Namespace) -> dict:
     sizes = {"N": str(generated_images(images, n)), "10N": str(generated_images(images, 10 * n))}
     common = {"cores": opts.cores, "batch_size": batch, "repeats": repeats, "work": work}
 
-    results: dict = {"machine": report.machine(opts.cores), "command": report.command(opts),
+    results: dict = {"machine": report.machine(opts.cores), "command": report.command(opts, parse(["featurize"])),
                      "settings": {"batch_size": batch, "cores": opts.cores, "repeats": repeats, "n": n,
                                   "speed_images": speed_n, "grid": GRID, "quick": opts.quick},
                      "throughput": [], "pipeline": []}

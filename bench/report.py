@@ -37,12 +37,12 @@ def machine(cores: int) -> dict:
             "versions": versions, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def command(opts) -> str:
+def command(opts, defaults) -> str:
+    """The command line that reproduces ``opts``: options that differ from ``defaults`` only."""
     args = ["python", "-m", "bench", "featurize"]
     for key in ("models", "n", "speed_images", "cores", "batch_size", "repeats"):
         value = getattr(opts, key, None)
-        default = {"n": 200, "speed_images": 640, "cores": 2, "repeats": 2}.get(key)
-        if value is not None and value != default:
+        if value is not None and value != getattr(defaults, key):
             args += [f"--{key.replace('_', '-')}", str(value)]
     args += ["--quick"] if opts.quick else []
     return shlex.join(args)

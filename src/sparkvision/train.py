@@ -66,6 +66,11 @@ def param_grid(lr: LogisticRegression, train_cfg: dict):
 PARAM_NAMES = {"regParam": "reg_param", "elasticNetParam": "elastic_net_param", "maxIter": "max_iter"}
 
 
+def _point(params) -> dict:
+    """A grid ParamMap as config names: ``{"reg_param": 0.1, ...}``."""
+    return {PARAM_NAMES[p.name]: v for p, v in params.items()}
+
+
 def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningResult:
     """Cross-validate the grid on ``train_features`` (never the test rows) and refit the best point.
 
@@ -111,7 +116,7 @@ def _tune_spark(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):
         numFolds=train_cfg["folds"], seed=train_cfg["seed"], parallelism=len(grid),
     )
     cv_model = cv.fit(data)
-    rows = [{**{PARAM_NAMES[p.name]: v for p, v in params.items()}, "mean": mean, "std": std}
+    rows = [{**_point(params), "mean": mean, "std": std}
             for params, mean, std in zip(grid, cv_model.avgMetrics, cv_model.stdMetrics)]
     return cv_model.bestModel, rows
 
@@ -124,7 +129,7 @@ def _tune_local(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):
     x = np.array([r["x"] for r in collected], dtype=np.float32)
     y = np.array([int(r[LABEL]) for r in collected], dtype=np.int64)
     fold = np.array([r["fold"] for r in collected], dtype=np.int64)
-    points = [{PARAM_NAMES[p.name]: v for p, v in params.items()} for params in grid]
+    points = [_point(params) for params in grid]
     folds, metric, standardize = train_cfg["folds"], train_cfg["metric"], train_cfg["standardization"]
     sc = data.sparkSession.sparkContext
     shared = sc.broadcast((x, y, fold))

@@ -44,7 +44,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     f.add_argument("--speed-images", type=int, default=640, help="images for the throughput runs")
     f.add_argument("--cores", type=int, default=2, help="local[cores] for Spark, TensorFlow threads for Keras")
     f.add_argument("--batch-size", type=int, default=None, help="network batch (default: the project's default)")
-    f.add_argument("--repeats", type=int, default=2, help="warm repetitions; the best is reported")
+    f.add_argument("--repeats", type=int, default=3, help="warm repetitions; the best is reported")
     f.add_argument("--work", default=str(ROOT / ".cache" / "bench"), help="generated images and scratch outputs")
     f.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where featurize.json/.md go")
     f.add_argument("--readme", action="store_true", help="also write the table into README.md")

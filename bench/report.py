@@ -59,10 +59,7 @@ def acceptance(results: dict) -> list[dict]:
     for row in results["throughput"]:
         if row["model"] in SPEED_MODELS and row["dataset"] == "generated":
             limit = row["keras"]["predict_ips"]
-            checks.append({"check": "Spark warm (decoded images) / Keras predict", "model": row["model"],
-                           "value": row["spark"]["decoded_warm_ips"] / limit, "limit": f">= {LIMITS['speed']}",
-                           "ok": row["spark"]["decoded_warm_ips"] >= LIMITS["speed"] * limit})
-            checks.append({"check": "Spark warm (from files) / Keras predict", "model": row["model"],
+            checks.append({"check": "Spark featurize stage (warm) / Keras predict", "model": row["model"],
                            "value": row["spark"]["warm_ips"] / limit, "limit": f">= {LIMITS['speed']}",
                            "ok": row["spark"]["warm_ips"] >= LIMITS["speed"] * limit})
     by_model: dict[str, dict] = {}
@@ -96,11 +93,13 @@ def markdown(results: dict) -> str:
         "",
         "Throughput (images/s). *Keras predict*: `model.predict` on pre-decoded, preprocessed batches (the limit); "
         "*Keras files*: the same images read, decoded, resized and predicted in one process; *Spark cold*: the "
-        "featurize stage with fresh Python workers; *Spark warm*: the stage again (Parquet bytes in, Parquet "
-        "features out); *Spark decoded*: the featurizer on the same images as decoded Spark image structs.",
+        "featurize stage with fresh Python workers; *Spark warm*: the stage again on warm workers (JPEG bytes "
+        "from Parquet in, features to Parquet out), the acceptance figure; *Spark structs*: the featurizer fed the "
+        "same images as decoded Spark image structs (sparkdl's `readImages`) from Parquet, ten times the bytes "
+        "through the JVM.",
         "",
-        "| model | input | weights | images | Keras predict | Keras files | Spark cold | Spark warm | Spark decoded "
-        "| decoded / predict | warm / predict | warm / Keras files |",
+        "| model | input | weights | images | Keras predict | Keras files | Spark cold | Spark warm | Spark structs "
+        "| warm / predict | structs / predict | warm / Keras files |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["throughput"]:
@@ -108,8 +107,8 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {row['model']} | {row['input_size']} | {row['weights']} | {k['images']} {row['dataset']} "
             f"| {_f(k['predict_ips'])} | {_f(k['files_ips'])} | {_f(sp['cold_ips'])} | {_f(sp['warm_ips'])} "
-            f"| {_f(sp['decoded_warm_ips'])} | {_f(sp['decoded_warm_ips'] / k['predict_ips'], 2)} "
-            f"| {_f(sp['warm_ips'] / k['predict_ips'], 2)} | {_f(sp['warm_ips'] / k['files_ips'], 2)} |")
+            f"| {_f(sp['decoded_warm_ips'])} | {_f(sp['warm_ips'] / k['predict_ips'], 2)} "
+            f"| {_f(sp['decoded_warm_ips'] / k['predict_ips'], 2)} | {_f(sp['warm_ips'] / k['files_ips'], 2)} |")
     lines += [
         "",
         f"Pipeline on generated images (4 classes): load -> featurize once -> one LogisticRegression fit, and a "

@@ -112,7 +112,7 @@ def _timed(fn, *a):
 
 
 def spark_workload(args: dict) -> dict:
-    from sparkvision import pipeline
+    from sparkvision import pipeline, storage
     from sparkvision.compat.sparkdl import readImages
 
     # Decoded 640x480 structs are ~0.9 MB rows: the JVM needs more than local mode's 1 GB default heap
@@ -138,7 +138,8 @@ def spark_workload(args: dict) -> dict:
     structs = spark.read.parquet(structs_path)
 
     def featurize_structs():
-        featurizer.transform(structs).select("filePath", "features").write.mode("overwrite").parquet(features_path)
+        (featurizer.transform(structs).select("filePath", "features").write.mode("overwrite")
+         .options(**storage.VECTOR_PARQUET_OPTIONS).parquet(features_path))
 
     decoded_s = [_timed(featurize_structs)[0] for _ in range(args["repeats"])]
     struct_partitions = structs.rdd.getNumPartitions()

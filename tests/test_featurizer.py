@@ -4,7 +4,7 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.sql import functions as F
 
 from sparkvision import images as imglib
-from sparkvision.featurizer import DeepImageFeaturizer, WeightsChecksumError
+from sparkvision.featurizer import DeepImageFeaturizer, WeightsChecksumError, inference_function
 from sparkvision.models import registry
 from sparkvision.models.weights import resolve_weights
 
@@ -40,6 +40,16 @@ def test_spark_features_equal_plain_keras_predict(digits_features):
     keras_features = model.predict(spec.preprocess_fn()(batch), batch_size=16, verbose=0)
     spark_features = np.stack([r.features.toArray() for r in rows])
     np.testing.assert_allclose(spark_features, keras_features, atol=1e-4, rtol=0)
+
+
+def test_inference_graph_is_frozen_and_equals_keras():
+    spec = registry.get("efficientnet_lite0")
+    model = spec.build(str(resolve_weights(spec)))
+    pixels = np.random.default_rng(0).integers(0, 256, (3, spec.input_size, spec.input_size, 3), dtype=np.uint8)
+    expected = model.predict(spec.preprocess_fn()(pixels.astype(np.float32)), verbose=0)
+    features = inference_function(spec, model)
+    assert not features.graph.variables  # weights are constants: batch norms folded into the convolutions
+    np.testing.assert_allclose(features(pixels), expected, atol=1e-4, rtol=0)
 
 
 def test_network_batches_span_arrow_batches(spark, digits_images, digits_features):

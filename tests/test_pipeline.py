@@ -137,3 +137,29 @@ def test_example_config_documents_the_defaults():
     assert example["split"]["test_fraction"] == pytest.approx(defaults["split"]["test_fraction"], abs=1e-4)
     example["split"]["test_fraction"] = defaults["split"]["test_fraction"]
     assert example == defaults
+
+
+def _shuffles(df) -> bool:
+    return "Exchange" in df._jdf.queryExecution().executedPlan().toString()
+
+
+def test_featurize_uses_parquet_splits_and_shuffles_only_when_they_are_too_few(spark, tmp_path):
+    ids = spark.range(40).selectExpr("cast(id as string) as image_id")
+    ids.repartition(4).write.parquet(str(tmp_path / "split"))
+    ids.coalesce(1).write.parquet(str(tmp_path / "one"))
+    cfg = config.defaults()
+    cores = spark.sparkContext.defaultParallelism
+
+    split = spark.read.parquet(str(tmp_path / "split"))
+    assert split.rdd.getNumPartitions() >= cores
+    tasks, n = pipeline.featurize_tasks(spark, cfg, split)
+    assert n == split.rdd.getNumPartitions() and not _shuffles(tasks)  # the image bytes are not shuffled
+
+    one = spark.read.parquet(str(tmp_path / "one"))
+    tasks, n = pipeline.featurize_tasks(spark, cfg, one)  # one split would leave cores idle
+    assert n == tasks.rdd.getNumPartitions() == 2 * cores and _shuffles(tasks)
+
+    cfg["featurize"]["partitions"] = 3  # an explicit count always wins
+    tasks, n = pipeline.featurize_tasks(spark, cfg, split)
+    assert n == tasks.rdd.getNumPartitions() == 3
+    assert sorted(r.image_id for r in tasks.collect()) == sorted(r.image_id for r in ids.collect())

@@ -11,7 +11,7 @@ import os
 import time
 
 from pyspark import StorageLevel
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from . import evaluate as ev
@@ -63,6 +63,20 @@ def featurize_partitions(spark: SparkSession, cfg: Config, n_images: int) -> int
     return max(1, configured or min(n_images, 2 * spark.sparkContext.defaultParallelism))
 
 
+def featurize_tasks(spark: SparkSession, cfg: Config, images: DataFrame) -> tuple[DataFrame, int]:
+    """The images split into featurize tasks, and how many.
+
+    Parquet's own splits are byte-balanced and deterministic (a retried task reads the same rows), so
+    they are used as they are when they keep every core busy: no shuffle of the image bytes. A set
+    ``featurize.partitions``, or a scan with fewer splits than cores, hash-partitions by ``image_id``.
+    """
+    scan = images.rdd.getNumPartitions()
+    if not cfg["featurize"]["partitions"] and scan >= spark.sparkContext.defaultParallelism:
+        return images, scan
+    parts = featurize_partitions(spark, cfg, images.count())
+    return images.repartition(parts, "image_id"), parts
+
+
 def _describe(spark: SparkSession, stage: str) -> None:
     """Name the Spark jobs of a stage (UI, event log): ``sparkvision featurize``."""
     spark.sparkContext.setJobDescription(f"sparkvision {stage}")
@@ -94,18 +108,17 @@ def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
     images = spark.read.parquet(p["images"])
     featurizer = make_featurizer(cfg)
     featurizer.resolveWeights()
-    n = images.count()
-    parts = featurize_partitions(spark, cfg, n)
-    log.info("featurize: %d images with %s (batch %d, %d tasks)", n, featurizer.spec().name,
-             cfg["featurize"]["batch_size"], parts)
     started = time.time()
-    # Hash-partitioned by image_id: a retried task (lost executor) recomputes exactly the same rows.
-    images = images.repartition(parts, "image_id")
+    images, parts = featurize_tasks(spark, cfg, images)
+    log.info("featurize: %s, batch %d, %d tasks", featurizer.spec().name, cfg["featurize"]["batch_size"], parts)
     features = featurizer.transform(images).select("image_id", "path", "label", "label_index", "features")
-    storage.write_parquet(features, p["features"])
+    # Counted while written (no second pass over the features): rows, and rows whose image failed to decode.
+    counts = Observation("featurize")
+    features = features.observe(counts, F.count(F.lit(1)).alias("images"),
+                                F.count_if(F.col("features").isNull()).alias("missing"))
+    storage.write_parquet(features, p["features"], storage.VECTOR_PARQUET_OPTIONS)
     seconds = time.time() - started
-    written = spark.read.parquet(p["features"])
-    missing = written.filter(F.col("features").isNull()).count()
+    n, missing = counts.get["images"], counts.get["missing"]
     if missing:
         raise RuntimeError(f"featurize: {missing} images could not be decoded; see the worker logs")
     summary = {

@@ -45,9 +45,14 @@ def _staging(path: str) -> str:
     return f"{path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
 
 
-def write_parquet(df: DataFrame, path: str) -> None:
+# For tables of feature vectors: every value is distinct, so Parquet's dictionary encoding would only be
+# tried (hashing each double) and dropped.
+VECTOR_PARQUET_OPTIONS = {"parquet.enable.dictionary": "false"}
+
+
+def write_parquet(df: DataFrame, path: str, options: dict[str, str] | None = None) -> None:
     tmp = _staging(path)
-    df.write.mode("errorifexists").parquet(tmp)
+    df.write.mode("errorifexists").options(**(options or {})).parquet(tmp)
     replace_with(df.sparkSession, tmp, path)
 
 

@@ -94,5 +94,12 @@ def build(weights_path: str, input_size: int, include_top: bool = False, name: s
 
 
 def preprocess_input(x):
-    """EfficientNet-Lite's own normalisation: RGB in [0, 255] -> (x - 127) / 128."""
-    return (np.asarray(x, dtype=np.float32) - 127.0) / 128.0
+    """EfficientNet-Lite's own normalisation: RGB in [0, 255] -> (x - 127) / 128.
+
+    NumPy in, NumPy out; a backend tensor (the featurizer runs this inside its graph) stays one.
+    """
+    import keras
+
+    if not keras.ops.is_tensor(x):
+        x = np.asarray(x, dtype=np.float32)
+    return (x - 127.0) / 128.0

@@ -63,7 +63,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "featurize": {
         "batch_size": Field(32, int, _positive, "a positive integer"),
         "threads": Field(0, int, lambda v: v >= 0, "0 (one per task core) or a positive integer"),
-        "partitions": Field(0, int, lambda v: v >= 0, "0 (two per executor core) or a positive integer"),
+        "partitions": Field(0, int, lambda v: v >= 0,
+                            "0 (the images table's own splits; two per executor core if fewer than the cores) "
+                            "or a positive integer"),
     },
     "train": {
         "reg_param": Field([0.01, 0.1, 1.0], list, _list_of((int, float), lambda x: x >= 0), "a list of numbers >= 0"),

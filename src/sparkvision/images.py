@@ -72,7 +72,7 @@ def decode_rgb(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
                 img.draft("RGB", draft)
             ImageFile.LOAD_TRUNCATED_IMAGES = False
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when upright already
             return to_rgb(img)
     except ImageRejected:
         raise

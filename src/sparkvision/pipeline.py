@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 
-from pyspark import StorageLevel
+from pyspark import InheritableThread, StorageLevel
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
@@ -82,6 +83,28 @@ def _describe(spark: SparkSession, stage: str) -> None:
     spark.sparkContext.setJobDescription(f"sparkvision {stage}")
 
 
+@contextmanager
+def _beside(fn, *args):
+    """Run ``fn(*args)`` on a thread that carries this one's Spark job settings, while the ``with``
+    body runs; wait for it on the way out and raise its error, unless the body raised first."""
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            failure.append(exc)
+
+    thread = InheritableThread(target=run, name="sparkvision-beside")
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
 def stage_load(spark: SparkSession, cfg: Config) -> dict:
     _describe(spark, "load")
     p = paths(cfg)
@@ -116,7 +139,9 @@ def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
     counts = Observation("featurize")
     features = features.observe(counts, F.count(F.lit(1)).alias("images"),
                                 F.count_if(F.col("features").isNull()).alias("missing"))
-    storage.write_parquet(features, p["features"], storage.VECTOR_PARQUET_OPTIONS)
+    # Saving the featurizer's parameters is a small Spark job of its own: run it beside the big one.
+    with _beside(storage.save_ml, spark, featurizer, os.path.join(p["out"], "featurizer")):
+        storage.write_parquet(features, p["features"], storage.VECTOR_PARQUET_OPTIONS)
     seconds = time.time() - started
     n, missing = counts.get["images"], counts.get["missing"]
     if missing:
@@ -130,7 +155,6 @@ def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
         "images_per_second": n / seconds if seconds else None,
     }
     storage.write_json(p["featurize"], summary)
-    storage.save_ml(spark, featurizer, os.path.join(p["out"], "featurizer"))
     log.info("featurize: %d images in %.1f s", n, seconds)
     return summary
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from pyspark.ml import Pipeline, PipelineModel
@@ -48,8 +50,11 @@ def test_inference_graph_is_frozen_and_equals_keras():
     pixels = np.random.default_rng(0).integers(0, 256, (3, spec.input_size, spec.input_size, 3), dtype=np.uint8)
     expected = model.predict(spec.preprocess_fn()(pixels.astype(np.float32)), verbose=0)
     features = inference_function(spec, model)
-    assert not features.graph.variables  # weights are constants: batch norms folded into the convolutions
+    assert spec.freeze_graph and not features.graph.variables  # constants: batch norms folded into the convs
     np.testing.assert_allclose(features(pixels), expected, atol=1e-4, rtol=0)
+    unfrozen = inference_function(dataclasses.replace(spec, freeze_graph=False), model)
+    assert unfrozen.graph.variables
+    np.testing.assert_allclose(unfrozen(pixels), expected, atol=1e-4, rtol=0)
 
 
 def test_network_batches_span_arrow_batches(spark, digits_images, digits_features):

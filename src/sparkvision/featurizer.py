@@ -184,21 +184,22 @@ def load_worker_model(key: WorkerModelKey):
         predict(np.zeros([1, spec.input_size, spec.input_size, 3], np.uint8))  # optimise the graph now
         _MODELS[key] = (predict, spec)
         # PySpark's daemon runs gc.collect() after every task of a reused worker; over TensorFlow's and
-        # Keras' objects that took ~0.3 s per task here. Collect the Keras model (its weights now live
-        # in the frozen graph) once, then freeze what is left: none of it will become garbage.
+        # Keras' objects that took ~0.3 s per task here. Collect once (a frozen graph leaves the Keras
+        # model garbage), then freeze what is left: none of it will become garbage.
         gc.collect()
         gc.freeze()
     return _MODELS[key]
 
 
 def inference_function(spec: registry.ModelSpec, model):
-    """``model`` as one frozen TF graph from uint8 RGB ``(n, size, size, 3)`` to features.
+    """``model`` as one TF graph from uint8 RGB ``(n, size, size, 3)`` to features.
 
     The cast and the model's preprocessing run inside the graph instead of as NumPy passes over
-    float copies of the batch. Weights become graph constants, so TensorFlow's optimizer folds each
-    batch normalisation into its convolution and fuses bias and activation into it: fewer passes
-    over the activations, which on CPU is what bounds memory-heavy nets such as EfficientNet-Lite.
-    The outputs equal the Keras model's up to float rounding.
+    float copies of the batch. Where the registry says ``freeze_graph``, weights become graph
+    constants, so TensorFlow's optimizer folds each batch normalisation into its convolution and
+    fuses bias and activation into it: fewer passes over the activations, which on CPU is what
+    bounds memory-heavy nets such as EfficientNet-Lite. The outputs equal the Keras model's up to
+    float rounding.
     """
     import tensorflow as tf
 
@@ -210,12 +211,14 @@ def inference_function(spec: registry.ModelSpec, model):
         return model(preprocess(tf.cast(pixels, tf.float32)), training=False)
 
     graph = predict.get_concrete_function()
-    try:
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-    except ImportError:  # moved in some TensorFlow release: run the graph with variables instead
-        log.warning("featurizer: cannot freeze the %s graph with this TensorFlow; running it unfrozen", spec.name)
-    else:
-        graph = convert_variables_to_constants_v2(graph)
+    if spec.freeze_graph:
+        try:
+            from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+        except ImportError:  # moved in some TensorFlow release: run the graph with variables instead
+            log.warning("featurizer: cannot freeze the %s graph with this TensorFlow; running it unfrozen",
+                        spec.name)
+        else:
+            graph = convert_variables_to_constants_v2(graph)
 
     def features(pixels):
         out = graph(tf.convert_to_tensor(pixels, tf.uint8))

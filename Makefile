@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: setup demo test test-quick bench bench-smoke photos examples docker-test compose-demo local-cluster-start local-cluster-stop clean
+.PHONY: setup demo test test-slow test-all bench bench-smoke photos examples docker-test compose-demo local-cluster-start local-cluster-stop clean
 
 setup: $(VENV)/.installed
 
@@ -21,11 +21,16 @@ demo: setup
 photos:
 	@bash tests/fetch_photos.sh .cache/photos
 
+# The suite people run often (a few minutes); test-slow: the standalone cluster with a worker killed, the
+# football experiment, the sparkdl recipes, all three EfficientNet-Lite checks (CI runs both).
 test: setup photos
-	$(VENV)/bin/pytest
-
-test-quick: setup photos
 	$(VENV)/bin/pytest -m "not slow"
+
+test-slow: setup photos
+	$(VENV)/bin/pytest -m slow
+
+test-all: setup photos
+	$(VENV)/bin/pytest
 
 # Featurization speed, tuning cost and memory in one run (bench/README.md); writes bench/results/ and
 # README's table. bench-smoke: the same code paths on a few images (CI); its figures mean nothing.

@@ -91,8 +91,8 @@ def _config(args: dict, out: str):
 
     cfg = config.load(None)
     cfg["data"]["images"] = args["images"]
-    cfg["model"]["name"] = args["model"]
-    cfg["model"]["weights"] = weights_for(args)
+    cfg["network"]["name"] = args["model"]
+    cfg["network"]["weights"] = weights_for(args)
     cfg["featurize"]["batch_size"] = args["batch_size"]
     cfg["output"]["dir"] = out
     return cfg
@@ -164,7 +164,7 @@ def pipeline_workload(args: dict) -> dict:
     load_s, loaded = _timed(pipeline.stage_load, spark, cfg)
     featurize_s, _ = _timed(pipeline.stage_featurize, spark, cfg)
 
-    features = spark.read.parquet(pipeline.paths(cfg)["features"])
+    features = spark.read.parquet(pipeline.layout_of(cfg).features)
     classes = loader.classes_of(features)
     s = cfg["split"]
     rows = stratified_split(features, s["test_fraction"], s["validation_fraction"], s["seed"]).persist(

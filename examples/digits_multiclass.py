@@ -2,7 +2,7 @@
 50 images generated from scikit-learn's digits). Only the imports and the data paths differ from the
 sparkdl version; the last part adds true one-vs-rest ROC AUC from the probabilities.
 
-    .venv/bin/python examples/digits_multiclass.py [--out runs/examples/digits] [--model InceptionV3 --weights FILE]
+    .venv/bin/python examples/digits_multiclass.py [--out runs/examples/digits] [--network InceptionV3 --weights FILE]
 """
 import argparse
 import os
@@ -29,7 +29,7 @@ from sparkvision.spark import get_spark
 # ---- data paths and model (the original read one folder of scanned digits per class, InceptionV3) --------
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--out", default="runs/examples/digits", help="where the images and the plot go")
-parser.add_argument("--model", default="efficientnet_lite0", help="featurizer model (offline default)")
+parser.add_argument("--network", default="efficientnet_lite0", help="featurizer CNN (offline default)")
 parser.add_argument("--weights", default=None, help="weights file, for models whose weights are not installed")
 ARGS = parser.parse_args()
 img_dir = make_digits(os.path.join(ARGS.out, "images"), per_class=50)
@@ -40,7 +40,7 @@ dfs = [readImages(img_dir + "/" + str(digit)).withColumn("label", lit(digit)) fo
 df = reduce(DataFrame.unionAll, dfs)
 train, test = df.randomSplit([0.8, 0.2], 42)
 
-featurizer = DeepImageFeaturizer(inputCol="image", outputCol="features", modelName=ARGS.model, weightsPath=ARGS.weights)
+featurizer = DeepImageFeaturizer(inputCol="image", outputCol="features", modelName=ARGS.network, weightsPath=ARGS.weights)
 lr = LogisticRegression(maxIter=5, regParam=0.03, elasticNetParam=0.5, labelCol="label")
 sparkdn = Pipeline(stages=[featurizer, lr])
 spark_model = sparkdn.fit(train)

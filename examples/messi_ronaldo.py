@@ -1,7 +1,7 @@
 """Messi vs Ronaldo: the original sparkdl recipe, run on sparkvision. Only the imports and the data paths
 differ from the sparkdl version (README "Moving from sparkdl"); the last part adds the honest metrics.
 
-    .venv/bin/python examples/messi_ronaldo.py [--images ../shared/data/football] [--model InceptionV3 --weights FILE]
+    .venv/bin/python examples/messi_ronaldo.py [--images ../shared/data/football] [--network InceptionV3 --weights FILE]
 """
 import argparse
 
@@ -17,7 +17,7 @@ from sparkvision.spark import get_spark
 # ---- data paths and model (in a Databricks notebook: img_dir = "/FileStore/tables/football", InceptionV3) --
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--images", default="../shared/data/football", help="folder with messi/ and ronaldo/")
-parser.add_argument("--model", default="efficientnet_lite0", help="featurizer model (offline default)")
+parser.add_argument("--network", default="efficientnet_lite0", help="featurizer CNN (offline default)")
 parser.add_argument("--weights", default=None, help="weights file, for models whose weights are not installed")
 ARGS = parser.parse_args()
 img_dir = ARGS.images
@@ -32,7 +32,7 @@ ronaldo_train, ronaldo_test = ronaldo_df.randomSplit([66.7, 33.3], seed=12)
 train_df = messi_train.unionAll(ronaldo_train)
 test_df = messi_test.unionAll(ronaldo_test)
 
-featurizer = DeepImageFeaturizer(inputCol="image", outputCol="features", modelName=ARGS.model, weightsPath=ARGS.weights)
+featurizer = DeepImageFeaturizer(inputCol="image", outputCol="features", modelName=ARGS.network, weightsPath=ARGS.weights)
 lr = LogisticRegression(maxIter=30, labelCol="label")
 p = Pipeline(stages=[featurizer, lr])
 p_model = p.fit(train_df)

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sparkvision import bundle, cli
+from sparkvision import cli
+from sparkvision.deploy import bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT.parent / "shared" / "databricks" / "bundle-jsonschema.json"
@@ -120,7 +121,7 @@ def test_token_literal_is_refused(project):
 
 
 def test_token_in_a_variable_is_refused(project):
-    assert "credential" in _problems(project, overrides={"model_name": TOKEN})
+    assert "credential" in _problems(project, overrides={"network": TOKEN})
 
 
 def test_unknown_dependency_and_job_cluster(project):
@@ -150,7 +151,7 @@ def test_unknown_variable_and_target(project):
 
 def test_variables_from_cli_env_and_target(monkeypatch):
     b = bundle.load(ROOT)
-    monkeypatch.setenv("BUNDLE_VAR_model_name", "ResNet50")
+    monkeypatch.setenv("BUNDLE_VAR_network", "ResNet50")
     cfg = bundle.resolve(b, "dev", {"cluster_profile": "gpu"})
     task = cfg["resources"]["jobs"]["sparkvision_pipeline"]["tasks"][0]
     assert task["job_cluster_key"] == "gpu" and task["python_wheel_task"]["parameters"][-1] == "ResNet50"

@@ -91,10 +91,22 @@ def test_persists_by_name_and_checksum_in_a_pipeline(tmp_path, digits_images, di
     np.testing.assert_allclose(again.features.toArray(), rows[0].features.toArray(), atol=1e-5)
 
 
-def test_refuses_weights_that_differ_from_the_pinned_checksum(digits_images):
+def test_driver_refuses_weights_that_differ_from_the_pinned_checksum(digits_images):
     f = DeepImageFeaturizer(modelName="efficientnet_lite0", weightsChecksum="0" * 64)
-    with pytest.raises(WeightsChecksumError, match="sha256"):
+    with pytest.raises(WeightsChecksumError, match="this featurizer was built with 0000"):
         f.transform(digits_images)
+
+
+def test_workers_refuse_weights_that_differ_from_the_pinned_checksum(digits_images):
+    """The worker's own check, reached in a Python worker: the driver's check is bypassed, as when a
+    worker's cache or package holds other weights than the driver's."""
+    from sparkvision.featurizer import WorkerModelKey, featurize_udf
+
+    key = WorkerModelKey(("efficientnet_lite0", None, None, None, False, "0" * 64))
+    udf = featurize_udf(key, 8, 1, imglib.DEFAULT_MAX_PIXELS)
+    with pytest.raises(Exception, match=r"worker found weights for efficientnet_lite0 .* driver pinned 0{64}") as exc:
+        digits_images.select(udf("content")).collect()
+    assert "PythonException" in type(exc.value).__name__ or "Py4J" in type(exc.value).__name__
 
 
 def test_wrong_input_column_type_is_a_clear_error(spark):

@@ -23,7 +23,8 @@ def test_mean_accuracy_over_five_stratified_splits(football_features, football_l
         test_rows = split.filter(F.col("split") == "test")
         assert test_rows.count() == 20 and train_rows.count() == 40
         result = train.tune(train_rows, 2, train_cfg)  # chosen by CV on the 40 training images only
-        m = evaluate.evaluate(result.model.transform(test_rows), ["messi", "ronaldo"], majority_class=0)
+        y, yhat, proba = evaluate.collect_predictions(result.model.transform(test_rows))
+        m = evaluate.metrics_from_arrays(y, yhat, proba, ["messi", "ronaldo"], majority_class=0)
         accuracies.append(m["accuracy"])
         aucs.append(m["roc_auc"])
     with capsys.disabled():

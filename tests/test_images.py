@@ -81,6 +81,10 @@ def test_resize_matches_keras_load_img_bilinear(tmp_path):
 
 
 def test_extension_check_is_case_insensitive():
-    assert imglib.has_image_extension("/a/B.JPG")
-    assert not imglib.has_image_extension("/a/notes.txt")
-    assert not imglib.has_image_extension("/a/jpg")
+    from sparkvision.listing import file_reason
+
+    def ok(path):
+        return file_reason(path, 10, imglib.IMAGE_EXTENSIONS, 100, 1) is None
+
+    assert ok("a/B.JPG") and ok("a/x.Png")
+    assert not ok("a/notes.txt") and not ok("a/jpg") and not ok("a.jpg/README")

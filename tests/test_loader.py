@@ -2,7 +2,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from badfiles import make_bad_input_set
+from badfiles import MAX_FILE_MB, count_entries, make_bad_input_set
 from sparkvision import config, loader
 
 
@@ -15,20 +15,26 @@ def _data_cfg(**kw):
 @pytest.fixture(scope="module")
 def bad_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad input")
-    return root, make_bad_input_set(root)
+    return root, make_bad_input_set(root, tmp_path_factory.mktemp("elsewhere"))
 
 
 @pytest.fixture(scope="module")
 def bad_loaded(spark, bad_set):
     root, _ = bad_set
-    return loader.load_images(spark, _data_cfg(images=str(root)))
+    return loader.load_images(spark, _data_cfg(images=str(root), max_file_mb=MAX_FILE_MB))
+
+
+def test_corpus_has_at_least_30_kinds(bad_set):
+    _, expected = bad_set
+    assert len(expected) >= 45 and len({v for v in expected.values()}) >= 15
 
 
 def test_nothing_is_lost(bad_loaded, bad_set):
-    _, expected = bad_set
+    root, expected = bad_set
     r = bad_loaded
-    assert r.discovered == len(expected)
-    assert r.accepted + r.n_rejected == r.discovered
+    on_disk = count_entries(root)  # counted by find(1), not by sparkvision's listing
+    assert r.discovered == on_disk == len(expected)
+    assert r.accepted + r.n_rejected == on_disk
     ids = [row.image_id for row in r.images.select("image_id").union(r.rejected.select("image_id")).collect()]
     assert sorted(ids) == sorted(expected)  # each file exactly once
 
@@ -38,21 +44,68 @@ def test_accepted_and_rejected_with_reasons(bad_loaded, bad_set):
     accepted = {row.image_id for row in bad_loaded.images.select("image_id").collect()}
     assert accepted == {k for k, v in expected.items() if v is None}
     reasons = {row.image_id: row.reason for row in bad_loaded.rejected.collect()}
-    for image_id, needle in expected.items():
-        if needle is not None:
-            assert needle in reasons[image_id], (image_id, reasons[image_id])
+    wrong = {i: reasons[i] for i, needle in expected.items() if needle is not None and needle not in reasons[i]}
+    assert not wrong
+
+
+def test_system_folders_are_never_classes(bad_loaded):
+    assert bad_loaded.classes == ["birds", "cats", "dogs"]
+    labels = {r.image_id: r.label for r in bad_loaded.rejected.collect()}
+    assert labels["__MACOSX/cats/._good1.jpg"] is None and labels[".git/HEAD"] is None
+    assert labels["cats/.ipynb_checkpoints/good1-checkpoint.jpg"] == "cats"
+
+
+def test_macosx_folder_alone_does_not_abort_a_load(spark, tmp_path):
+    from sparkvision.sample_data import make_digits
+
+    make_digits(str(tmp_path), per_class=2, digits=(1, 2), size=16)
+    (tmp_path / "__MACOSX" / "1").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "1" / "._1_000.png").write_bytes(b"\x00\x05\x16\x07")
+    r = loader.load_images(spark, _data_cfg(images=str(tmp_path)))
+    assert r.classes == ["1", "2"] and (r.accepted, r.n_rejected) == (4, 1)
+
+
+def test_file_vanishing_between_listing_and_reading_is_a_rejected_row(spark, tmp_path, monkeypatch):
+    from sparkvision import listing
+    from sparkvision.sample_data import make_digits
+
+    make_digits(str(tmp_path), per_class=3, digits=(1, 2), size=16)
+    real_walk = listing.walk
+
+    def walk_then_delete(root):
+        entries = real_walk(root)
+        (tmp_path / "1" / "1_000.png").unlink()  # gone after the listing, before any task reads it
+        return entries
+
+    monkeypatch.setattr(listing, "walk", walk_then_delete)
+    r = loader.load_images(spark, _data_cfg(images=str(tmp_path)))
+    assert (r.discovered, r.accepted, r.n_rejected) == (6, 5, 1)
+    row = r.rejected.first()
+    assert row.image_id == "1/1_000.png" and "vanished after listing" in row.reason
+
+
+def test_memory_error_while_decoding_is_not_a_corrupt_image(monkeypatch):
+    from PIL import Image
+
+    from sparkvision import images as imglib
+
+    def no_memory(*a, **k):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(Image, "open", no_memory)
+    with pytest.raises(MemoryError):
+        imglib.decode_rgb(b"\xff\xd8\xff not really a jpeg")
 
 
 def test_labels_and_indices_follow_sorted_class_names(spark, bad_loaded):
-    assert bad_loaded.classes == ["cats", "dogs"]
     got = bad_loaded.images.select("image_id", "label", "label_index").filter(
         F.col("image_id").isin("cats/good1.jpg", "dogs/good3.jpg")
     )
     want = spark.createDataFrame(
-        [("cats/good1.jpg", "cats", 0), ("dogs/good3.jpg", "dogs", 1)], "image_id string, label string, label_index int"
+        [("cats/good1.jpg", "cats", 1), ("dogs/good3.jpg", "dogs", 2)], "image_id string, label string, label_index int"
     )
     assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True, ignore_metadata=True)
-    assert loader.classes_of(bad_loaded.images) == ["cats", "dogs"]
+    assert loader.classes_of(bad_loaded.images) == ["birds", "cats", "dogs"]
 
 
 def test_exif_rotated_size_is_upright(bad_loaded):
@@ -60,7 +113,7 @@ def test_exif_rotated_size_is_upright(bad_loaded):
     assert (row.width, row.height) == (20, 40)
 
 
-def test_oversized_file_is_rejected_without_reading_it(spark, bad_set):
+def test_oversized_file_is_rejected_from_the_listing(spark, bad_set):
     root, _ = bad_set
     r = loader.load_images(spark, _data_cfg(images=str(root), max_file_mb=0.01))
     reasons = {row.image_id: row.reason for row in r.rejected.collect()}

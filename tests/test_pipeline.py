@@ -20,11 +20,50 @@ def _args(*extra):
     return out + list(extra)
 
 
+# Planted credentials: a mirror URL with user:token@ and a secret Spark setting. Neither may reach any file
+# the run writes, nor its logs.
+MIRROR_TOKEN = "MirrorTok3n-5f1c9e2b7a"
+CONF_SECRET = "ConfS3cret-8d2a4c6e0b"
+SECRET_ARGS = ["--set", f"network.mirror_url=http://weights:{MIRROR_TOKEN}@127.0.0.1:9/mirror/",
+               "--set", f"spark.conf={{spark.hadoop.fs.s3a.secret.key: {CONF_SECRET}, spark.sql.shuffle.partitions: 2}}"]
+
+
 @pytest.fixture(scope="module")
-def run_dir(spark, digits_small, tmp_path_factory):
+def run_logs():
+    return []
+
+
+@pytest.fixture(scope="module")
+def run_dir(spark, digits_small, tmp_path_factory, run_logs):
+    import io
+    import logging
+    from contextlib import redirect_stderr, redirect_stdout
+
     out = tmp_path_factory.mktemp("run")
-    assert cli.main(["run", "--images", str(digits_small), "--output", str(out), *_args()]) == 0
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(handler)
+    previous = logging.getLogger().level
+    logging.getLogger().setLevel(logging.DEBUG)
+    try:
+        with redirect_stdout(stream), redirect_stderr(stream):
+            code = cli.main(["run", "--images", str(digits_small), "--output", str(out), *_args(*SECRET_ARGS)])
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(previous)
+    run_logs.append(stream.getvalue())
+    assert code == 0, stream.getvalue()[-3000:]
     return out
+
+
+def test_no_credential_reaches_any_artifact_or_log(run_dir, run_logs):
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in files) and any("metadata" in p.parts for p in files)
+    for token in (MIRROR_TOKEN, CONF_SECRET):
+        leaked = [str(p) for p in files if token.encode() in p.read_bytes()]
+        assert not leaked, (token, leaked)
+        assert token not in run_logs[0]
+    assert "mirror_url: http://127.0.0.1:9/mirror/" in (run_dir / "config.yaml").read_text()  # without userinfo
 
 
 def test_run_writes_report_metrics_and_plots(run_dir):
@@ -84,7 +123,8 @@ def test_tuning_never_sees_test_rows_and_never_refeaturizes(spark, run_dir, tmp_
     )
     from sparkvision import storage
 
-    storage.write_parquet(noisy, str(work / "features.parquet"))
+    path = str(work / "features.parquet")
+    storage.write_parquet(noisy, path, marker=storage.read_marker(path))  # the same featurize output, edited
     shutil.rmtree(work / "images.parquet")
     after = pipeline.stage_train(spark, cfg)
     assert after["tuning"]["grid"] == before["tuning"]["grid"]
@@ -102,13 +142,95 @@ def test_rerun_replaces_outputs_without_duplicates(spark, run_dir, tmp_path):
     assert not list(work.glob("*.tmp-*")) and not list(work.glob("*.old-*"))
 
 
+def test_flags_are_typed_not_yaml(tmp_path):
+    args = cli.build_parser().parse_args(["run", "--output", "2024", "--images", "my runs #2", "--network", "ResNet50"])
+    cfg = cli.resolve_config(args)
+    assert cfg["output"]["dir"] == "2024" and cfg["data"]["images"] == "my runs #2"
+    assert cfg["network"]["name"] == "ResNet50"
+    args = cli.build_parser().parse_args(["predict", "--model", "m", "--images", "new", "--output", "p #1"])
+    assert cli.resolve_config(args)["data"]["images"] is None  # predict's --images is not training data
+
+
+def _copy_run(run_dir, tmp_path, name="copy"):
+    work = tmp_path / name
+    shutil.copytree(run_dir, work)
+    cfg = _cfg(run_dir)
+    cfg["output"]["dir"] = str(work)
+    return work, cfg
+
+
+def test_new_images_make_features_stale(spark, run_dir, digits_small, tmp_path, capsys):
+    work, cfg = _copy_run(run_dir, tmp_path)
+    images = tmp_path / "more"
+    shutil.copytree(digits_small, images)
+    (images / "7" / "7_000.png").unlink()
+    cfg["data"]["images"] = str(images)
+    pipeline.stage_load(spark, cfg)  # load re-run on other images; features.parquet is from the old ones
+    assert cli.main(["train", "--output", str(work), *_args()]) == 2
+    err = capsys.readouterr().err
+    assert "featurize.json was made from an earlier 'load' output" in err and "run 'sparkvision featurize' again" in err
+
+
+def test_featurizer_from_another_featurize_is_refused(spark, run_dir, tmp_path, capsys):
+    work, _ = _copy_run(run_dir, tmp_path)
+    from sparkvision import storage
+
+    marker = storage.read_marker(str(work / "featurizer"))
+    storage.write_marker(str(work / "featurizer"), {**marker, "fingerprint": "0" * 32, "model": "InceptionV3"})
+    assert cli.main(["train", "--output", str(work), *_args()]) == 2
+    err = capsys.readouterr().err
+    assert "featurizer does not belong to" in err and "run 'sparkvision featurize' again" in err
+    assert cli.main(["evaluate", "--output", str(work)]) == 2
+    assert "featurizer does not belong to" in capsys.readouterr().err
+
+
+def test_a_second_run_on_one_output_folder_is_refused(run_dir, tmp_path, capsys):
+    import subprocess
+
+    work, _ = _copy_run(run_dir, tmp_path)
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (work / ".sparkvision.lock").write_text(json.dumps(
+            {"host": __import__("socket").gethostname(), "pid": holder.pid, "user": "someone", "command": "run",
+             "started": 0}))
+        assert cli.main(["evaluate", "--output", str(work)]) == 2
+        err = capsys.readouterr().err
+        assert "output folder is in use" in err and f"pid {holder.pid}" in err and "'sparkvision run'" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone: its lock is stale, taken over, and the folder's leftovers are cleaned.
+    (work / "features.parquet.tmp-deadbeef").mkdir()
+    assert cli.main(["evaluate", "--output", str(work)]) == 0
+    assert not (work / ".sparkvision.lock").exists() and not (work / "features.parquet.tmp-deadbeef").exists()
+
+
+def test_csv_cells_that_spreadsheets_would_run_are_quoted(tmp_path):
+    from sparkvision import storage
+
+    out = tmp_path / "x.csv"
+    storage.write_csv_rows(str(out), ["image_id", "label", "p"],
+                           [["=HYPERLINK(\"http://x\")", "+1", [0.5, 0.5]], ["@SUM(A1)", "-2", None], ["ok", "cat", None]])
+    rows = list(csv.reader(out.open()))
+    assert rows[1][:2] == ["'=HYPERLINK(\"http://x\")", "'+1"] and rows[2][:2] == ["'@SUM(A1)", "'-2"]
+    assert rows[1][2] == "[0.5, 0.5]" and rows[3][:2] == ["ok", "cat"]
+
+
+def test_readme_stage_table_is_the_layout():
+    from pathlib import Path
+
+    from sparkvision.layout import stage_table
+
+    assert stage_table() in (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
 def test_config_errors_name_the_key(capsys):
     assert cli.main(["run", "--set", "split.test_fration=0.2"]) == 2
     assert "split.test_fration" in capsys.readouterr().err
     assert cli.main(["run", "--set", "split.test_fraction=1.5"]) == 2
     assert "split.test_fraction" in capsys.readouterr().err
-    with pytest.raises(config.ConfigError, match="'model.name'"):
-        config.load(overrides=["model.name=AlexNet"])
+    with pytest.raises(config.ConfigError, match="'network.name'"):
+        config.load(overrides=["network.name=AlexNet"])
 
 
 def test_bad_yaml_config_names_file_and_section(tmp_path):
@@ -163,3 +285,23 @@ def test_featurize_uses_parquet_splits_and_shuffles_only_when_they_are_too_few(s
     tasks, n = pipeline.featurize_tasks(spark, cfg, split)
     assert n == tasks.rdd.getNumPartitions() == 3
     assert sorted(r.image_id for r in tasks.collect()) == sorted(r.image_id for r in ids.collect())
+
+
+def test_predict_lists_images_the_saved_featurizer_cannot_use(spark, run_dir, digits_small, tmp_path):
+    from PIL import Image
+    from pyspark.ml import PipelineModel
+
+    model = PipelineModel.load(str(run_dir / "model"))
+    model.stages[0].setParams(maxPixels=5000)  # the digits are 64 x 64 = 4,096 pixels
+    model.write().save(str(tmp_path / "model"))
+    images = tmp_path / "new"
+    shutil.copytree(digits_small / "1", images)
+    Image.new("RGB", (100, 100), (200, 10, 10)).save(images / "big.png")
+    out = tmp_path / "pred"
+    assert cli.main(["predict", "--model", str(tmp_path / "model"), "--images", str(images), "--output", str(out)]) == 0
+    summary = json.loads((out / "predict.json").read_text())
+    assert (summary["discovered"], summary["accepted"], summary["rejected"]) == (11, 10, 1)
+    rejected = list(csv.DictReader((out / "rejected.csv").open()))
+    assert [r["image_id"] for r in rejected] == ["big.png"]
+    assert "featurizer cannot use it: too many pixels" in rejected[0]["reason"]
+    assert spark.read.parquet(str(out / "predictions.parquet")).count() == 10

@@ -2,6 +2,7 @@
 # Build the image on a machine with no registry and no running Docker engine, then (optionally) test it.
 #
 #   infra/docker/build-offline.sh [--test] [--compose-demo] [--keep-running]
+#   infra/docker/build-offline.sh --print-mirror   # only print the Debian mirror it would use
 #
 # 1. installs Debian's docker.io, debootstrap and docker-compose if missing (needs root, apt);
 # 2. starts its own dockerd (own data root, exec root and socket; --iptables=false --bridge=none);
@@ -10,11 +11,73 @@
 # 5. prints the image sizes and checks the runtime image (non-root, no pip/compilers, no CA secret);
 # 6. --test: runs the test suite inside the test image; --compose-demo: infra/standalone/compose-demo.sh;
 # 7. stops the dockerd it started (by pid), unless --keep-running.
-# Environment: SPARKVISION_DOCKER_STATE (/var/tmp/sparkvision-docker), DEBIAN_MIRROR, CA_BUNDLE,
+# Environment: SPARKVISION_DOCKER_STATE (/var/tmp/sparkvision-docker), CA_BUNDLE,
+#              DEBIAN_MIRROR (default: this machine's own Debian mirror, see debian_mirror below),
 #              SPARKVISION_SHARED (../shared, mounted read-only for the football tests).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
+
+# The Debian archive this machine's apt uses: the first `deb` entry whose URI ends in /debian, in the
+# order apt reads them: sources.list (one-line format), then sources.list.d/*.list (one-line) and
+# *.sources (deb822: Types/URIs/Enabled) by file name. deb-src entries, disabled stanzas and other
+# archives (debian-security, third-party repositories) are skipped; a mirror+file: URI gives the first
+# mirror of its list. SPARKVISION_APT_ETC (/etc/apt) is where to look (for tests).
+debian_mirror() {
+  local etc=${SPARKVISION_APT_ETC:-/etc/apt} f files=()
+  [ -f "$etc/sources.list" ] && files+=("$etc/sources.list")
+  for f in "$etc"/sources.list.d/*; do
+    case "$f" in *.list|*.sources) [ -f "$f" ] && files+=("$f") ;; esac
+  done
+  [ ${#files[@]} -gt 0 ] || return 1
+  awk '
+    function archive(u,   list, line, w) {
+      if (u ~ /^mirror\+file:/) {            # the first entry of the mirror list
+        list = u; sub(/^mirror\+file:(\/\/)?/, "", list); u = ""
+        while ((getline line < list) > 0) {
+          sub(/#.*/, "", line); split(line, w, " ")
+          if (w[1] != "") { u = w[1]; break }
+        }
+        close(list)
+      }
+      sub(/\/+$/, "", u)
+      return (u ~ /^(https?|ftp|file):/ && u ~ /\/debian$/) ? u : ""
+    }
+    function found(u) { print u; done = 1; exit }
+    function stanza(   n, i, us, t) {        # end of a deb822 stanza
+      if ((" " types " ") ~ /[ \t]deb[ \t]/ && tolower(enabled) != "no") {
+        n = split(uris, us, " ")
+        for (i = 1; i <= n; i++) if ((t = archive(us[i])) != "") found(t)
+      }
+      types = uris = enabled = key = ""
+    }
+    FNR == 1 { if (deb822) stanza(); deb822 = FILENAME ~ /\.sources$/ }
+    deb822 {
+      if ($0 ~ /^#/) next
+      if ($0 ~ /^[ \t]*$/) { stanza(); next }
+      if ($0 ~ /^[ \t]/) { if (key == "uris") uris = uris " " $0; else if (key == "types") types = types " " $0; next }
+      key = tolower($0); sub(/:.*/, "", key)
+      value = $0; sub(/^[^:]*:[ \t]*/, "", value)
+      if (key == "types") types = value; else if (key == "uris") uris = value; else if (key == "enabled") enabled = value
+      next
+    }
+    {
+      line = $0; sub(/#.*/, "", line); gsub(/\[[^]]*\]/, " ", line)
+      n = split(line, w, " ")
+      if (n >= 3 && w[1] == "deb" && (t = archive(w[2])) != "") found(t)
+    }
+    END { if (!done && deb822) stanza() }
+  ' "${files[@]}"
+}
+
+mirror_or_fail() {
+  MIRROR=${DEBIAN_MIRROR:-$(debian_mirror || true)}
+  if [ -z "$MIRROR" ]; then
+    echo "no Debian archive found in ${SPARKVISION_APT_ETC:-/etc/apt}/sources.list or sources.list.d/*.list, *.sources" \
+      "(a deb entry whose URI ends in /debian): set DEBIAN_MIRROR, e.g. DEBIAN_MIRROR=http://deb.debian.org/debian" >&2
+    exit 1
+  fi
+}
 
 RUN_TESTS=0 COMPOSE_DEMO=0 KEEP=0
 for arg in "$@"; do
@@ -22,12 +85,12 @@ for arg in "$@"; do
     --test) RUN_TESTS=1 ;;
     --compose-demo) COMPOSE_DEMO=1 ;;
     --keep-running) KEEP=1 ;;
+    --print-mirror) mirror_or_fail; echo "$MIRROR"; exit 0 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
 
 STATE=${SPARKVISION_DOCKER_STATE:-/var/tmp/sparkvision-docker}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 SHARED=${SPARKVISION_SHARED:-$ROOT/../shared}
 BASE_TAG=sparkvision-base:bookworm
@@ -76,7 +139,8 @@ else
 fi
 
 if ! $DOCKER image inspect "$BASE_TAG" >/dev/null 2>&1; then
-  log "debootstrap bookworm (minbase + python3-venv) from $MIRROR"
+  mirror_or_fail
+  log "debootstrap bookworm (minbase + python3-venv) from $(printf '%s' "$MIRROR" | sed -E 's#//[^/@]*@#//***@#')"
   rootfs=$STATE/rootfs
   rm -rf "$rootfs"
   debootstrap --variant=minbase --include=python3,python3-venv bookworm "$rootfs" "$MIRROR" >"$STATE/debootstrap.log" 2>&1 \
@@ -138,7 +202,7 @@ if [ "$RUN_TESTS" = 1 ]; then
   mounts=(-v "$ROOT/.cache/photos:/opt/sparkvision/.cache/photos:ro")
   if [ -d "$SHARED/data" ]; then mounts+=(-v "$(cd "$SHARED" && pwd):/opt/shared:ro"); fi
   log "pytest inside $TEST_IMAGE"
-  $DOCKER run --rm --network host "${mounts[@]}" "$TEST_IMAGE" test -q
+  $DOCKER run --rm --network host "${mounts[@]}" "$TEST_IMAGE" test -q -m "not slow"
 fi
 
 if [ "$COMPOSE_DEMO" = 1 ]; then

@@ -6,6 +6,7 @@ Every error names the dotted key (``split.test_fraction``) and what was wrong wi
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -13,6 +14,9 @@ import yaml
 
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from .models.registry import DEFAULT_MODEL
+
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -53,7 +57,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "validation_fraction": Field(0.0, (int, float), _fraction, "a number in [0, 1)"),
         "seed": Field(12, int),
     },
-    "model": {
+    # The pretrained CNN that featurizes images (``--network``); ``--model`` is always a trained model.
+    "network": {
         "name": Field(DEFAULT_MODEL, str),
         "weights": Field(None, str, nullable=True, rule="a path to a weights file"),
         "cache_dir": Field(None, str, nullable=True, rule="a folder"),
@@ -104,6 +109,10 @@ def _merge(cfg: Config, data: dict, origin: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping of sections ({', '.join(SCHEMA)})")
     for section, values in data.items():
+        if section == "model" and "network" not in data:  # the section's name before 0.2
+            log.warning("%s: section 'model' is now called 'network' (the pretrained CNN); reading it as 'network'",
+                        origin)
+            section = "network"
         if section not in SCHEMA:
             raise ConfigError(f"{origin}: unknown section {section!r}; known: {', '.join(SCHEMA)}")
         if values is None:
@@ -133,8 +142,10 @@ def set_key(cfg: Config, dotted: str, value: Any, origin: str = "override") -> N
     cfg[section][key] = value
 
 
-def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides (values parsed as YAML)."""
+def load(path: str | None = None, overrides: list[str] | None = None, values: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides (values parsed as YAML),
+    then ``values``: typed settings from command-line flags, taken as they are (``--output 2024`` is the
+    folder "2024", not a number)."""
     cfg = defaults()
     if path:
         try:
@@ -154,6 +165,8 @@ def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
         except yaml.YAMLError:
             value = raw
         set_key(cfg, key.strip(), value, origin=f"--set {key.strip()}")
+    for key, value in (values or {}).items():
+        set_key(cfg, key, value, origin=f"flag for {key}")
     validate(cfg)
     return cfg
 
@@ -170,10 +183,22 @@ def validate(cfg: Config) -> None:
     from .models import registry
 
     try:
-        registry.get(cfg["model"]["name"])
+        registry.get(cfg["network"]["name"])
     except KeyError as exc:
-        raise ConfigError(f"config key 'model.name': {exc.args[0]}") from None
+        raise ConfigError(f"config key 'network.name': {exc.args[0]}") from None
+    mirror = cfg["network"]["mirror_url"]
+    if mirror and "@" in mirror.split("://", 1)[-1].split("/", 1)[0]:
+        # Credentials in the URL work for this process only and are never written anywhere: kept in
+        # memory, the URL stored without them. Workers and later runs take them from the environment/netrc.
+        from . import secrets
+
+        cfg["network"]["mirror_url"] = secrets.remember_url_credentials(mirror)
+        log.warning("network.mirror_url: credentials in the URL are used by this process only and never saved; "
+                    "set SPARKVISION_WEIGHTS_MIRROR_TOKEN (or USER/PASSWORD, or ~/.netrc) for workers and later runs")
 
 
 def dump(cfg: Config) -> str:
-    return yaml.safe_dump(dict(cfg), sort_keys=False)
+    """The settings as YAML, credentials redacted (this is what a run's ``config.yaml`` holds)."""
+    from . import secrets
+
+    return yaml.safe_dump(secrets.redact(dict(cfg)), sort_keys=False)

@@ -16,6 +16,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy.stats import rankdata
 
+from .columns import CONFIDENCE, IMAGE_ID, LABEL, LABEL_INDEX, PATH, PREDICTED_LABEL, PREDICTION, PROBABILITY
+
 Z95 = 1.959963984540054
 
 
@@ -119,35 +121,49 @@ def metrics_from_arrays(
     }
 
 
-def collect_predictions(predictions: DataFrame, label_col: str = "label_index") -> tuple[np.ndarray, ...]:
+def collect_predictions(predictions: DataFrame, label_col: str = LABEL_INDEX) -> tuple[np.ndarray, ...]:
     rows = predictions.select(
-        label_col, "prediction", vector_to_array("probability").alias("p")
+        label_col, PREDICTION, vector_to_array(PROBABILITY).alias("p")
     ).collect()
     y = np.array([r[label_col] for r in rows], dtype=int)
-    yhat = np.array([r["prediction"] for r in rows], dtype=int)
+    yhat = np.array([r[PREDICTION] for r in rows], dtype=int)
     proba = np.array([r["p"] for r in rows], dtype=float) if rows else np.zeros((0, 0))
     return y, yhat, proba
 
 
-def evaluate(predictions: DataFrame, classes: list[str], majority_class: int) -> dict:
-    y, yhat, proba = collect_predictions(predictions)
-    return metrics_from_arrays(y, yhat, proba, classes, majority_class)
-
-
 def predictions_table(predictions: DataFrame) -> DataFrame:
     """``image_id, path, label, predicted_label, confidence, probability`` (probability as an array)."""
-    proba = vector_to_array("probability")
+    proba = vector_to_array(PROBABILITY)
     return predictions.select(
-        "image_id", "path", "label", "predicted_label",
-        F.array_max(proba).alias("confidence"), proba.alias("probability"),
+        IMAGE_ID, PATH, LABEL, PREDICTED_LABEL, F.array_max(proba).alias(CONFIDENCE), proba.alias(PROBABILITY),
     )
 
 
-def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: str, title: str = "Confusion matrix") -> None:
+def _png(fig) -> bytes:
+    """The figure as PNG bytes (closed after); storage writes them wherever the run's output is."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(cm: list[list[int]], classes: list[str], title: str = "Confusion matrix") -> bytes:
+    """The confusion matrix as a PNG."""
+    plt = _pyplot()
 
     cm = np.asarray(cm)
     size = max(4.0, 0.6 * len(classes) + 2)
@@ -162,16 +178,12 @@ def plot_confusion_matrix(cm: list[list[int]], classes: list[str], path: str, ti
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > peak / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return _png(fig)
 
 
-def plot_roc(y: np.ndarray, proba: np.ndarray, classes: list[str], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_roc(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> bytes:
+    """ROC curves from the probabilities (one-vs-rest for more than two classes) as a PNG."""
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 5))
     pairs = [(classes[1], y == 1, proba[:, 1])] if len(classes) == 2 else [
@@ -188,9 +200,7 @@ def plot_roc(y: np.ndarray, proba: np.ndarray, classes: list[str], path: str) ->
     ax.set_ylabel("true positive rate")
     ax.set_title("ROC" + (" (one-vs-rest)" if len(classes) > 2 else ""))
     ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return _png(fig)
 
 
 def report_markdown(metrics: dict, split: dict | None = None, tuning: dict | None = None) -> str:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
@@ -34,8 +36,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from . import images as imglib
+from .columns import CONTENT, FEATURES
 from .models import registry
 from .models.weights import file_digest, resolve_weights
+from .spark import QUIET_ENV
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,8 @@ class WeightsChecksumError(ValueError):
     pass
 
 
-class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
-    """Featurize images with a pretrained ImageNet CNN (global-average-pooled, RGB, model's own preprocessing)."""
+class _FeaturizerParams(HasInputCol, HasOutputCol):
+    """The featurizer's parameters, with their defaults set once (shared by the transformer and its docs)."""
 
     modelName = Param(Params._dummy(), "modelName", "model name in the sparkvision registry", TypeConverters.toString)
     weightsPath = Param(Params._dummy(), "weightsPath", "explicit weights file (optional)", TypeConverters.toString)
@@ -54,54 +58,97 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
         TypeConverters.toString,
     )
     cacheDir = Param(Params._dummy(), "cacheDir", "weights cache folder (optional)", TypeConverters.toString)
-    mirrorUrl = Param(Params._dummy(), "mirrorUrl", "base URL of a weights mirror (optional)", TypeConverters.toString)
+    mirrorUrl = Param(Params._dummy(), "mirrorUrl", "base URL of a weights mirror, without credentials (optional)",
+                      TypeConverters.toString)
+    allowDownload = Param(Params._dummy(), "allowDownload", "download missing weights from the mirror or origin",
+                          TypeConverters.toBoolean)
     batchSize = Param(Params._dummy(), "batchSize", "images per network call", TypeConverters.toInt)
     numThreads = Param(
         Params._dummy(), "numThreads", "TensorFlow threads per task; 0 = the task's cores", TypeConverters.toInt
     )
     maxPixels = Param(Params._dummy(), "maxPixels", "largest image (pixels) decoded", TypeConverters.toInt)
+    errorCol = Param(Params._dummy(), "errorCol",
+                     "optional output column: why an image could not be featurized (null when it was)",
+                     TypeConverters.toString)
+
+    def __init__(self):
+        super().__init__()
+        self._setDefault(inputCol=CONTENT, outputCol=FEATURES, modelName=registry.DEFAULT_MODEL, allowDownload=True,
+                         batchSize=32, numThreads=0, maxPixels=imglib.DEFAULT_MAX_PIXELS)
+
+    def getModelName(self) -> str:
+        return self.getOrDefault(self.modelName)
+
+    def getWeightsPath(self) -> str | None:
+        return self._opt(self.weightsPath)
+
+    def getWeightsChecksum(self) -> str | None:
+        return self._opt(self.weightsChecksum)
+
+    def getCacheDir(self) -> str | None:
+        return self._opt(self.cacheDir)
+
+    def getMirrorUrl(self) -> str | None:
+        return self._opt(self.mirrorUrl)
+
+    def getAllowDownload(self) -> bool:
+        return self.getOrDefault(self.allowDownload)
+
+    def getBatchSize(self) -> int:
+        return self.getOrDefault(self.batchSize)
+
+    def getNumThreads(self) -> int:
+        return self.getOrDefault(self.numThreads)
+
+    def getMaxPixels(self) -> int:
+        return self.getOrDefault(self.maxPixels)
+
+    def getErrorCol(self) -> str | None:
+        return self._opt(self.errorCol)
+
+    def _opt(self, param: Param):
+        return self.getOrDefault(param) if self.isDefined(param) else None
+
+
+class DeepImageFeaturizer(Transformer, _FeaturizerParams, DefaultParamsReadable, DefaultParamsWritable):
+    """Featurize images with a pretrained ImageNet CNN (global-average-pooled, RGB, model's own preprocessing)."""
 
     @keyword_only
-    def __init__(
-        self,
-        inputCol: str = "content",
-        outputCol: str = "features",
-        modelName: str = registry.DEFAULT_MODEL,
-        weightsPath: str | None = None,
-        weightsChecksum: str | None = None,
-        cacheDir: str | None = None,
-        mirrorUrl: str | None = None,
-        batchSize: int = 32,
-        numThreads: int = 0,
-        maxPixels: int = imglib.DEFAULT_MAX_PIXELS,
-    ):
+    def __init__(self, *, inputCol: str | None = None, outputCol: str | None = None, modelName: str | None = None,
+                 weightsPath: str | None = None, weightsChecksum: str | None = None, cacheDir: str | None = None,
+                 mirrorUrl: str | None = None, allowDownload: bool | None = None, batchSize: int | None = None,
+                 numThreads: int | None = None, maxPixels: int | None = None, errorCol: str | None = None):
         super().__init__()
-        self._setDefault(
-            inputCol="content", outputCol="features", modelName=registry.DEFAULT_MODEL, batchSize=32,
-            numThreads=0, maxPixels=imglib.DEFAULT_MAX_PIXELS,
-        )
         self.setParams(**self._input_kwargs)
 
     @keyword_only
     def setParams(self, **kwargs):
+        if kwargs.get("mirrorUrl"):
+            from . import secrets
+
+            kwargs["mirrorUrl"] = secrets.remember_url_credentials(kwargs["mirrorUrl"])  # never persisted
         return self._set(**{k: v for k, v in kwargs.items() if v is not None})
 
-    def _opt(self, param: Param) -> str | None:
-        return self.getOrDefault(param) if self.isDefined(param) else None
-
     def spec(self) -> registry.ModelSpec:
-        return registry.get(self.getOrDefault(self.modelName))
+        return registry.get(self.getModelName())
 
     def resolveWeights(self) -> str:
-        """Resolve the weights file here (driver), pin its sha256 in ``weightsChecksum`` and return its path."""
+        """Resolve the weights file here (driver), pin its sha256 in ``weightsChecksum`` and return its path.
+
+        An explicit ``weightsPath`` is checked for this model (parseable, expected tensors and shapes) the
+        first time; a saved featurizer whose ``weightsPath`` is gone finds the same file by its checksum.
+        """
         spec = self.spec()
-        path = resolve_weights(spec, self._opt(self.weightsPath), self._opt(self.cacheDir), self._opt(self.mirrorUrl))
+        pinned = self.getWeightsChecksum()
+        path = resolve_weights(spec, self.getWeightsPath(), self.getCacheDir(), self.getMirrorUrl(),
+                               allow_download=self.getAllowDownload(), expected_sha256=pinned)
         digest = file_digest(path)
-        pinned = self._opt(self.weightsChecksum)
         if pinned and pinned != digest:
             raise WeightsChecksumError(
                 f"weights for {spec.name} at {path} have sha256 {digest}, but this featurizer was built with {pinned}"
             )
+        if self.getWeightsPath() and not pinned:
+            spec.check_weights(str(path))
         self._set(weightsChecksum=digest)
         return str(path)
 
@@ -117,12 +164,18 @@ class DeepImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsR
                 f"image struct (height, width, nChannels, mode, data), got {dtype.simpleString()}"
             )
         self.resolveWeights()
-        udf = featurize_udf(WorkerModelKey.from_featurizer(self), self.getOrDefault(self.batchSize),
-                            self.getOrDefault(self.numThreads), self.getOrDefault(self.maxPixels), struct)
+        udf = featurize_udf(WorkerModelKey.from_featurizer(self), self.getBatchSize(), self.getNumThreads(),
+                            self.getMaxPixels(), struct)
         column = F.col(in_col)
         if struct:
             column = F.struct(*[F.col(f"{in_col}.{f}") for f in IMAGE_STRUCT_FIELDS])
-        return dataset.withColumn(self.getOutputCol(), array_to_vector(udf(column)))
+        result = "_sparkvision_featurized"
+        out = dataset.withColumn(result, udf(column))
+        raw = F.col(f"{result}.features")
+        out = out.withColumn(self.getOutputCol(), F.when(raw.isNotNull(), array_to_vector(raw)))  # null: see errorCol
+        if self.getErrorCol():
+            out = out.withColumn(self.getErrorCol(), F.col(f"{result}.error"))
+        return out.drop(result)
 
 
 IMAGE_STRUCT_FIELDS = ("height", "width", "nChannels", "mode", "data")
@@ -133,15 +186,19 @@ def is_image_struct(dtype: T.DataType) -> bool:
 
 
 class WorkerModelKey(tuple):
-    """What a worker needs to find and verify the same weights: (model, path, cache, mirror, sha256)."""
+    """What a worker needs to find and verify the same weights: (model, path, cache, mirror, download, sha256)."""
 
     @classmethod
     def from_featurizer(cls, f: DeepImageFeaturizer) -> "WorkerModelKey":
-        return cls((f.spec().name, f._opt(f.weightsPath), f._opt(f.cacheDir), f._opt(f.mirrorUrl),
-                    f.getOrDefault(f.weightsChecksum)))
+        return cls((f.spec().name, f.getWeightsPath(), f.getCacheDir(), f.getMirrorUrl(), f.getAllowDownload(),
+                    f.getWeightsChecksum()))
 
 
-_MODELS: dict[tuple, tuple] = {}
+# Models built in this Python worker, most recently used last. A worker keeps at most this many networks
+# (a pipeline rarely uses more than one; each can hold a GB), so a long-lived worker that sees many models
+# does not grow without bound.
+MAX_WORKER_MODELS = 2
+_MODELS: "OrderedDict[tuple, tuple]" = OrderedDict()
 _TF_THREADS: int | None = None
 
 
@@ -154,7 +211,8 @@ def configure_tensorflow(threads: int, gpus: list[str] | None = None) -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import tensorflow as tf
+    with quiet_native_stderr():
+        import tensorflow as tf
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -170,18 +228,43 @@ def configure_tensorflow(threads: int, gpus: list[str] | None = None) -> None:
     _TF_THREADS = threads
 
 
+@contextmanager
+def quiet_native_stderr():
+    """Silence what native code writes to stderr while TensorFlow loads (absl's pre-init notice, oneDNN's
+    banner: TF_CPP_MIN_LOG_LEVEL does not reach them), unless the run is verbose. Python errors still raise."""
+    if os.environ.get(QUIET_ENV) != "1":
+        yield
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def load_worker_model(key: WorkerModelKey):
     """``(predict_fn, spec)`` for this process, built once and cached; ``predict_fn`` takes uint8 RGB."""
-    if key not in _MODELS:
-        name, weights_path, cache_dir, mirror_url, checksum = key
+    if key in _MODELS:
+        _MODELS.move_to_end(key)
+    else:
+        name, weights_path, cache_dir, mirror_url, allow_download, checksum = key
         spec = registry.get(name)
-        path = resolve_weights(spec, weights_path, cache_dir, mirror_url)
+        path = resolve_weights(spec, weights_path, cache_dir, mirror_url, allow_download=allow_download,
+                               expected_sha256=checksum)
         if file_digest(path) != checksum:
             raise WeightsChecksumError(
                 f"worker found weights for {name} at {path} with sha256 {file_digest(path)}, driver pinned {checksum}"
             )
         predict = inference_function(spec, spec.build(str(path)))
         predict(np.zeros([1, spec.input_size, spec.input_size, 3], np.uint8))  # optimise the graph now
+        while len(_MODELS) >= MAX_WORKER_MODELS:
+            _MODELS.popitem(last=False)
+            gc.unfreeze()  # the evicted model's objects were frozen with the rest: let them be collected
+            gc.collect()
         _MODELS[key] = (predict, spec)
         # PySpark's daemon runs gc.collect() after every task of a reused worker; over TensorFlow's and
         # Keras' objects that took ~0.3 s per task here. Collect once (a frozen graph leaves the Keras
@@ -234,8 +317,13 @@ def featurize_arrays(key: WorkerModelKey, batch: np.ndarray) -> np.ndarray:
     return np.asarray(predict(np.asarray(batch, dtype=np.uint8)))
 
 
+# Per image: its features, or why it could not be used (a decode failure is data, not a task failure).
+UDF_SCHEMA = T.StructType([T.StructField("features", T.ArrayType(T.FloatType())),
+                           T.StructField("error", T.StringType())])
+
+
 def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels: int, struct: bool = False):
-    """The pandas UDF: encoded bytes (a Series) or image structs (a DataFrame) -> feature arrays."""
+    """The pandas UDF: encoded bytes (a Series) or image structs (a DataFrame) -> ``(features, error)``."""
 
     def run(batches):
         from pyspark import TaskContext
@@ -250,15 +338,16 @@ def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels
                 return imglib.resize_for_model(imglib.from_image_struct(*item), spec.input_size, spec.crop_fraction)
             return imglib.decode_for_model(item, spec.input_size, spec.crop_fraction, max_pixels)
 
-        def decode_rows(rows: list) -> tuple[int, list[int], list[np.ndarray]]:
+        def decode_rows(rows: list) -> tuple[list[str | None], list[int], list[np.ndarray]]:
+            errors: list[str | None] = [None] * len(rows)
             positions, arrays = [], []
             for i, item in enumerate(rows):
                 try:
                     arrays.append(decode(item))
                     positions.append(i)
                 except imglib.ImageRejected as exc:
-                    log.warning("featurizer: row skipped, %s", exc)
-            return len(rows), positions, arrays
+                    errors[i] = str(exc)
+            return errors, positions, arrays
 
         def network_batches():
             """Full ``batch_size`` chunks across Arrow batches (whose size is set by bytes), the rest last."""
@@ -274,22 +363,22 @@ def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels
         decoded = map(decode_rows, network_batches())
         if gpus:  # the device computes while the CPU decodes the next batch; on CPU it would oversubscribe
             decoded = _one_ahead(decoded)
-        for n, positions, arrays in decoded:
-            out: list = [None] * n
+        for errors, positions, arrays in decoded:
+            out: list = [None] * len(errors)
             if arrays:
                 for i, row in zip(positions, featurize_arrays(key, np.stack(arrays))):
                     out[i] = row
-            yield pd.Series(out, dtype=object)
+            yield pd.DataFrame({"features": out, "error": errors})
 
     if struct:
-        @F.pandas_udf(T.ArrayType(T.FloatType()))
-        def featurize_structs(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+        @F.pandas_udf(UDF_SCHEMA)
+        def featurize_structs(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             yield from run(batches)
 
         return featurize_structs
 
-    @F.pandas_udf(T.ArrayType(T.FloatType()))
-    def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+    @F.pandas_udf(UDF_SCHEMA)
+    def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         yield from run(batches)
 
     return featurize

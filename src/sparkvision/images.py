@@ -80,8 +80,10 @@ def decode_rgb(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
         raise ImageRejected(f"too many pixels (decompression bomb): {exc}") from None
     except UnidentifiedImageError:
         raise ImageRejected("not an image: Pillow cannot identify the file format") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageRejected(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
+    # MemoryError is not caught: running out of memory says nothing about the file. It fails the task,
+    # which Spark retries (on another executor, or once memory is free) instead of rejecting a good image.
 
 
 def inspect(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int | None, int | None, str | None]:
@@ -128,10 +130,6 @@ def resize_for_model(img: Image.Image, size: int, crop_fraction: float = 1.0) ->
 
 def decode_for_model(data: bytes, size: int, crop_fraction: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return resize_for_model(decode_rgb(data, max_pixels), size, crop_fraction)
-
-
-def has_image_extension(path: str, extensions=IMAGE_EXTENSIONS) -> bool:
-    return path.rsplit(".", 1)[-1].lower() in extensions if "." in path.rsplit("/", 1)[-1] else False
 
 
 # Spark's image struct (pyspark.ml.image.ImageSchema, and sparkdl's readImages): 8-bit pixels in

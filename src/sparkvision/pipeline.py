@@ -1,59 +1,54 @@
-"""The stages behind the CLI. Each reads the previous stage's output under ``output.dir``:
+"""The stages behind the CLI. Each reads the previous stage's output under ``output.dir`` (the files are
+named by :class:`sparkvision.layout.RunLayout`):
 
-``images.parquet`` (+ ``rejected.*``) -> ``features.parquet`` -> ``model/`` + ``split.parquet``
--> ``evaluation/`` (metrics.json, report.md, plots, predictions). Outputs are replaced atomically.
+``images.parquet`` (+ ``rejected.*``) -> ``features.parquet`` + ``featurizer/`` -> ``model/`` +
+``split.parquet`` -> ``evaluation/``. Each stage checks that what it reads belongs together
+(:mod:`sparkvision.provenance`), writes its folders beside their targets, swaps them in only after every
+check passed, and writes its JSON record last.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import contextmanager
 
-from pyspark import InheritableThread, StorageLevel
+from pyspark import InheritableThread
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from . import evaluate as ev
-from . import loader, predict as pr, storage
+from . import loader, predict as pr, provenance, storage
+from .columns import FEATURE_COLUMNS, FEATURES, FEATURIZE_ERROR, IMAGE_ID, LABEL, LABEL_INDEX, SPLIT
 from .config import Config, dump
 from .featurizer import DeepImageFeaturizer
+from .layout import PredictionLayout, RunLayout
+from .spark import default_parallelism, describe_jobs, num_partitions
 from .split import TEST, TRAIN, split_report, stratified_split
 from .train import assemble, classify_features, tune
 
 log = logging.getLogger("sparkvision")
 
 
-def paths(cfg: Config) -> dict[str, str]:
-    out = cfg["output"]["dir"]
-    return {
-        "out": out,
-        "images": os.path.join(out, "images.parquet"),
-        "rejected": os.path.join(out, "rejected.parquet"),
-        "rejected_csv": os.path.join(out, "rejected.csv"),
-        "load": os.path.join(out, "load.json"),
-        "features": os.path.join(out, "features.parquet"),
-        "featurize": os.path.join(out, "featurize.json"),
-        "model": os.path.join(out, "model"),
-        "split": os.path.join(out, "split.parquet"),
-        "train": os.path.join(out, "train.json"),
-        "evaluation": os.path.join(out, "evaluation"),
-        "metrics": os.path.join(out, "evaluation", "metrics.json"),
-        "report": os.path.join(out, "evaluation", "report.md"),
-    }
+def layout_of(cfg: Config) -> RunLayout:
+    return RunLayout(cfg["output"]["dir"])
 
 
-def _require(path: str, stage: str) -> None:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run 'sparkvision {stage}' first (same --output)")
+@contextmanager
+def output_lock(out: str, command: str):
+    """Hold an output folder for one command: refuse a second run on it, clean what an interrupted one left."""
+    storage.makedirs(out)
+    with storage.run_lock(RunLayout(out).lock, command):
+        for path in storage.clean_leftovers(out):
+            log.info("removed %s, left by an interrupted run", path)
+        yield
 
 
 def make_featurizer(cfg: Config) -> DeepImageFeaturizer:
-    m, f = cfg["model"], cfg["featurize"]
+    n, f = cfg["network"], cfg["featurize"]
     return DeepImageFeaturizer(
-        inputCol="content", outputCol="features", modelName=m["name"], weightsPath=m["weights"],
-        cacheDir=m["cache_dir"], mirrorUrl=m["mirror_url"], batchSize=f["batch_size"], numThreads=f["threads"],
+        inputCol="content", outputCol=FEATURES, modelName=n["name"], weightsPath=n["weights"], cacheDir=n["cache_dir"],
+        mirrorUrl=n["mirror_url"], allowDownload=n["download"], batchSize=f["batch_size"], numThreads=f["threads"],
         maxPixels=cfg["data"]["max_pixels"],
     )
 
@@ -61,7 +56,7 @@ def make_featurizer(cfg: Config) -> DeepImageFeaturizer:
 def featurize_partitions(spark: SparkSession, cfg: Config, n_images: int) -> int:
     """Tasks for featurization: ``featurize.partitions``, or two per executor core, at most one per image."""
     configured = cfg["featurize"]["partitions"]
-    return max(1, configured or min(n_images, 2 * spark.sparkContext.defaultParallelism))
+    return max(1, configured or min(n_images, 2 * default_parallelism(spark)))
 
 
 def featurize_tasks(spark: SparkSession, cfg: Config, images: DataFrame) -> tuple[DataFrame, int]:
@@ -71,16 +66,11 @@ def featurize_tasks(spark: SparkSession, cfg: Config, images: DataFrame) -> tupl
     they are used as they are when they keep every core busy: no shuffle of the image bytes. A set
     ``featurize.partitions``, or a scan with fewer splits than cores, hash-partitions by ``image_id``.
     """
-    scan = images.rdd.getNumPartitions()
-    if not cfg["featurize"]["partitions"] and scan >= spark.sparkContext.defaultParallelism:
+    scan = num_partitions(images)
+    if not cfg["featurize"]["partitions"] and scan >= default_parallelism(spark):
         return images, scan
     parts = featurize_partitions(spark, cfg, images.count())
-    return images.repartition(parts, "image_id"), parts
-
-
-def _describe(spark: SparkSession, stage: str) -> None:
-    """Name the Spark jobs of a stage (UI, event log): ``sparkvision featurize``."""
-    spark.sparkContext.setJobDescription(f"sparkvision {stage}")
+    return images.repartition(parts, IMAGE_ID), parts
 
 
 @contextmanager
@@ -88,157 +78,197 @@ def _beside(fn, *args):
     """Run ``fn(*args)`` on a thread that carries this one's Spark job settings, while the ``with``
     body runs; wait for it on the way out and raise its error, unless the body raised first."""
     failure: list[BaseException] = []
+    result: list = []
 
     def run():
         try:
-            fn(*args)
+            result.append(fn(*args))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             failure.append(exc)
 
     thread = InheritableThread(target=run, name="sparkvision-beside")
     thread.start()
     try:
-        yield
+        yield result
     finally:
         thread.join()
     if failure:
         raise failure[0]
 
 
+def _data_settings(cfg: Config) -> dict:
+    d = cfg["data"]
+    return {k: d[k] for k in ("images", "manifest", "extensions", "max_pixels", "max_file_mb")}
+
+
 def stage_load(spark: SparkSession, cfg: Config) -> dict:
-    _describe(spark, "load")
-    p = paths(cfg)
-    os.makedirs(p["out"], exist_ok=True)
-    storage.write_text(os.path.join(p["out"], "config.yaml"), dump(cfg))
+    describe_jobs(spark, "load")
+    lay = layout_of(cfg)
+    storage.makedirs(lay.out)
     started = time.time()
-    log.info("load: scanning %s", cfg["data"]["images"] or cfg["data"]["manifest"])
-    result = loader.load_images(spark, cfg["data"])
-    storage.write_parquet(result.images, p["images"])
-    storage.write_parquet(result.rejected, p["rejected"])
-    pr.write_csv(spark.read.parquet(p["rejected"]).orderBy("image_id"), p["rejected_csv"])
-    per_class = {r["label"]: r["count"] for r in spark.read.parquet(p["images"]).groupBy("label").count().collect()}
-    summary = {**result.summary(), "per_class": dict(sorted(per_class.items())), "seconds": time.time() - started}
-    storage.write_json(p["load"], summary)
-    log.info("load: %d discovered, %d accepted, %d rejected (see %s)", result.discovered, result.accepted,
-             result.n_rejected, p["rejected_csv"])
+    log.info("load: listing %s", cfg["data"]["images"] or cfg["data"]["manifest"])
+    inv = loader.inventory(cfg["data"])
+    fp = provenance.fingerprint("load", _data_settings(cfg), inv.stamps)
+    staged = loader.stage(spark, inv, cfg["data"], lay.images)
+    marker = provenance.marker("load", fp)
+    try:
+        result = staged.result
+        storage.write_parquet(result.rejected, lay.rejected, marker=marker)
+        storage.write_marker(staged.accepted_part, marker)
+        storage.replace_with(staged.accepted_part, lay.images)
+    finally:
+        storage.delete(staged.staging)
+    storage.write_csv(spark.read.parquet(lay.rejected).orderBy(IMAGE_ID), lay.rejected_csv)
+    per_class = {r[LABEL]: r["count"] for r in spark.read.parquet(lay.images).groupBy(LABEL).count().collect()}
+    storage.write_text(lay.config, dump(cfg))
+    summary = {**result.summary(), "per_class": dict(sorted(per_class.items())), "seconds": time.time() - started,
+               "fingerprint": fp}
+    storage.write_json(lay.load, summary)
+    log.info("load: %d files, %d images accepted, %d rejected (reasons in %s)", result.discovered, result.accepted,
+             result.n_rejected, lay.rejected_csv)
     return summary
 
 
 def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
-    _describe(spark, "featurize")
-    p = paths(cfg)
-    _require(p["images"], "load")
-    images = spark.read.parquet(p["images"])
+    describe_jobs(spark, "featurize")
+    lay = layout_of(cfg)
+    load = provenance.check_inputs(lay, "featurize")
+    images = spark.read.parquet(lay.images)
     featurizer = make_featurizer(cfg)
     featurizer.resolveWeights()
+    spec = featurizer.spec()
+    fp = provenance.fingerprint("featurize", load["fingerprint"], spec.name, featurizer.getWeightsChecksum(),
+                                featurizer.getMaxPixels())
+    marker = provenance.marker("featurize", fp, model=spec.name, weights_sha256=featurizer.getWeightsChecksum())
     started = time.time()
     images, parts = featurize_tasks(spark, cfg, images)
-    log.info("featurize: %s, batch %d, %d tasks", featurizer.spec().name, cfg["featurize"]["batch_size"], parts)
-    features = featurizer.transform(images).select("image_id", "path", "label", "label_index", "features")
-    # Counted while written (no second pass over the features): rows, and rows whose image failed to decode.
+    log.info("featurize: %s, batch %d, %d tasks", spec.name, cfg["featurize"]["batch_size"], parts)
+    featurized = featurizer.copy({featurizer.errorCol: FEATURIZE_ERROR}).transform(images)
+    # Counted while written (no second pass over the features): rows, and images the network could not use.
     counts = Observation("featurize")
-    features = features.observe(counts, F.count(F.lit(1)).alias("images"),
-                                F.count_if(F.col("features").isNull()).alias("missing"))
+    failed = F.col(FEATURIZE_ERROR).isNotNull()
+    featurized = featurized.observe(
+        counts, F.count(F.lit(1)).alias("images"), F.count_if(failed).alias("failed"),
+        F.first(F.when(failed, F.concat_ws(": ", IMAGE_ID, FEATURIZE_ERROR)), ignorenulls=True).alias("example"))
     # Saving the featurizer's parameters is a small Spark job of its own: run it beside the big one.
-    with _beside(storage.save_ml, spark, featurizer, os.path.join(p["out"], "featurizer")):
-        storage.write_parquet(features, p["features"], storage.VECTOR_PARQUET_OPTIONS)
+    with _beside(storage.save_ml, featurizer, lay.featurizer, marker) as saved:
+        features_tmp = storage.staged_parquet(featurized.select(*FEATURE_COLUMNS), lay.features,
+                                              storage.VECTOR_PARQUET_OPTIONS, marker)
+    featurizer_tmp = saved[0]
     seconds = time.time() - started
-    n, missing = counts.get["images"], counts.get["missing"]
+    n, missing = counts.get["images"], counts.get["failed"]
     if missing:
-        raise RuntimeError(f"featurize: {missing} images could not be decoded; see the worker logs")
+        for tmp in (features_tmp, featurizer_tmp):
+            storage.delete(tmp)
+        raise RuntimeError(f"featurize: {missing} of {n} images could not be featurized, e.g. {counts.get['example']} "
+                           "(the load accepted them: were they changed, or is data.max_pixels larger now?)")
+    storage.replace_with(features_tmp, lay.features)
+    storage.replace_with(featurizer_tmp, lay.featurizer)
     summary = {
-        "model": featurizer.spec().name,
-        "weights_sha256": featurizer.getOrDefault(featurizer.weightsChecksum),
-        "feature_dim": featurizer.spec().feature_dim,
+        "model": spec.name,
+        "weights_sha256": featurizer.getWeightsChecksum(),
+        "feature_dim": spec.feature_dim,
         "images": n,
         "seconds": seconds,
         "images_per_second": n / seconds if seconds else None,
+        "fingerprint": fp,
+        "inputs": {"load": load["fingerprint"]},
     }
-    storage.write_json(p["featurize"], summary)
+    storage.write_json(lay.featurize, summary)
     log.info("featurize: %d images in %.1f s", n, seconds)
     return summary
 
 
 def stage_train(spark: SparkSession, cfg: Config) -> dict:
-    _describe(spark, "train")
-    p = paths(cfg)
-    _require(p["features"], "featurize")
-    features = spark.read.parquet(p["features"])
+    describe_jobs(spark, "train")
+    lay = layout_of(cfg)
+    featurized = provenance.check_inputs(lay, "train")
+    fp = provenance.fingerprint("train", featurized["fingerprint"], cfg["split"], cfg["train"])
+    marker = provenance.marker("train", fp)
+    features = spark.read.parquet(lay.features)
     classes = loader.classes_of(features)
     s = cfg["split"]
     assigned = stratified_split(features, s["test_fraction"], s["validation_fraction"], s["seed"])
-    storage.write_parquet(assigned.select("image_id", "label", "split"), p["split"])
-    split = spark.read.parquet(p["split"])
-    report = split_report(split)
-    train_rows = features.join(split.filter(F.col("split") == TRAIN), ["image_id", "label"]).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
-    counts = {r["label_index"]: r["count"] for r in train_rows.groupBy("label_index").count().collect()}
-    majority = max(sorted(counts), key=lambda k: counts[k])
-    result = tune(train_rows, len(classes), cfg["train"])
-    train_rows.unpersist()
-    featurizer = DeepImageFeaturizer.load(os.path.join(p["out"], "featurizer"))
-    model = assemble(featurizer, result.model, classes)
-    storage.save_ml(spark, model, p["model"])
+    split_tmp = storage.staged_parquet(assigned.select(IMAGE_ID, LABEL, SPLIT), lay.split, marker=marker)
+    model_tmp = None
+    try:
+        split = spark.read.parquet(split_tmp)
+        report = split_report(split)
+        train_rows = features.join(split.filter(F.col(SPLIT) == TRAIN), [IMAGE_ID, LABEL])
+        counts = {r[LABEL_INDEX]: r["count"] for r in train_rows.groupBy(LABEL_INDEX).count().collect()}
+        majority = max(sorted(counts), key=lambda k: counts[k])
+        result = tune(train_rows, len(classes), cfg["train"])
+        featurizer = DeepImageFeaturizer.load(lay.featurizer)
+        model_tmp = storage.save_ml(assemble(featurizer, result.model, classes), lay.model, marker)
+        storage.replace_with(split_tmp, lay.split)
+        storage.replace_with(model_tmp, lay.model)
+    finally:
+        for tmp in (split_tmp, model_tmp):
+            if tmp:
+                storage.delete(tmp)
     summary = {
         "classes": classes,
         "split": report,
         "majority_class": majority,
         "tuning": {"metric": result.metric, "folds": cfg["train"]["folds"], "engine": result.engine, "grid": result.grid,
                    "best_params": result.best_params, "seconds": result.seconds},
+        "fingerprint": fp,
+        "inputs": {"featurize": featurized["fingerprint"]},
     }
-    storage.write_json(p["train"], summary)
+    storage.write_json(lay.train, summary)
     log.info("train: best %s (%s CV, %s engine, %.1f s); model saved to %s", result.best_params, result.metric,
-             result.engine, result.seconds, p["model"])
+             result.engine, result.seconds, lay.model)
     return summary
 
 
 def stage_evaluate(spark: SparkSession, cfg: Config, which: str = TEST) -> dict:
-    _describe(spark, "evaluate")
-    p = paths(cfg)
-    for key, stage in (("model", "train"), ("split", "train"), ("features", "featurize")):
-        _require(p[key], stage)
-    model = pr.load_model(p["model"])
-    trained = storage.read_json(p["train"])
+    describe_jobs(spark, "evaluate")
+    lay = layout_of(cfg)
+    trained = provenance.check_inputs(lay, "evaluate")
+    featurized = provenance.check_stage(lay, "featurize")
+    model = pr.load_model(lay.model)
     classes = trained["classes"]
-    rows = spark.read.parquet(p["features"]).join(
-        spark.read.parquet(p["split"]).filter(F.col("split") == which), ["image_id", "label"]
+    rows = spark.read.parquet(lay.features).join(
+        spark.read.parquet(lay.split).filter(F.col(SPLIT) == which), [IMAGE_ID, LABEL]
     )
-    predictions = classify_features(model, rows).persist(StorageLevel.MEMORY_AND_DISK)
+    predictions = classify_features(model, rows).localCheckpoint()
     y, yhat, proba = ev.collect_predictions(predictions)
     metrics = ev.metrics_from_arrays(y, yhat, proba, classes, trained["majority_class"])
-    metrics.update({"split": which, "model": storage.read_json(p["featurize"])["model"]})
-    out = p["evaluation"]
-    os.makedirs(out, exist_ok=True)
-    storage.write_json(p["metrics"], metrics)
-    ev.plot_confusion_matrix(metrics["confusion_matrix"], classes, os.path.join(out, "confusion_matrix.png"))
-    ev.plot_roc(y, proba, classes, os.path.join(out, "roc_curve.png"))
-    pr.write_predictions(ev.predictions_table(predictions).orderBy("image_id"), out)
-    storage.write_text(p["report"], ev.report_markdown(metrics, trained["split"], trained["tuning"]))
-    predictions.unpersist()
+    metrics.update({"split": which, "model": featurized["model"],
+                    "inputs": {"train": trained["fingerprint"], "featurize": featurized["fingerprint"]}})
+    storage.makedirs(lay.evaluation)
+    storage.write_bytes(lay.confusion_matrix_png, ev.plot_confusion_matrix(metrics["confusion_matrix"], classes))
+    storage.write_bytes(lay.roc_curve_png, ev.plot_roc(y, proba, classes))
+    pr.write_predictions(ev.predictions_table(predictions).orderBy(IMAGE_ID), lay.predictions)
+    storage.write_text(lay.report, ev.report_markdown(metrics, trained["split"], trained["tuning"]))
+    storage.write_json(lay.metrics, metrics)
+    auc = "n/a" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.4f}"
     log.info("evaluate: accuracy %.4f (baseline %.4f), ROC AUC %s; report %s", metrics["accuracy"],
-             metrics["baseline_accuracy"], metrics["roc_auc"], p["report"])
+             metrics["baseline_accuracy"], auc, lay.report)
     return metrics
 
 
 def stage_predict(spark: SparkSession, cfg: Config, model_dir: str, images_dir: str, out_dir: str) -> dict:
-    _describe(spark, "predict")
+    describe_jobs(spark, "predict")
+    out = PredictionLayout(out_dir)
     model = pr.load_model(model_dir)
     images, rejected, counts = pr.unlabelled_images(spark, images_dir, cfg["data"])
-    os.makedirs(out_dir, exist_ok=True)
-    log.info("predict: %d images (%d rejected)", counts["accepted"], counts["rejected"])
-    written = pr.write_predictions(pr.predict(model, images).orderBy("image_id"), out_dir)
-    rejected_csv = os.path.join(out_dir, "rejected.csv")
-    pr.write_csv(rejected.orderBy("image_id"), rejected_csv)
-    summary = {**counts, **written, "rejected_csv": rejected_csv}
-    storage.write_json(os.path.join(out_dir, "predict.json"), summary)
+    predictions, unusable = pr.predict(model, images)
+    storage.makedirs(out_dir)
+    written = pr.write_predictions(predictions.orderBy(IMAGE_ID), out)
+    rejected = rejected.unionByName(unusable)
+    storage.write_csv(rejected.orderBy(IMAGE_ID), out.rejected_csv)
+    n_unusable = counts["accepted"] - written["images"]
+    summary = {**counts, "accepted": written["images"], "rejected": counts["rejected"] + n_unusable,
+               "parquet": out.parquet, "csv": out.csv, "rejected_csv": out.rejected_csv}
+    storage.write_json(out.summary, summary)
+    log.info("predict: %d images predicted, %d rejected (reasons in %s)", summary["accepted"], summary["rejected"],
+             out.rejected_csv)
     return summary
 
 
+STAGES = {"load": stage_load, "featurize": stage_featurize, "train": stage_train, "evaluate": stage_evaluate}
+
+
 def run_all(spark: SparkSession, cfg: Config) -> dict:
-    return {
-        "load": stage_load(spark, cfg),
-        "featurize": stage_featurize(spark, cfg),
-        "train": stage_train(spark, cfg),
-        "evaluate": stage_evaluate(spark, cfg),
-    }
+    return {name: stage(spark, cfg) for name, stage in STAGES.items()}

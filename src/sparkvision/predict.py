@@ -1,11 +1,10 @@
-"""Predict with a saved pipeline: raw images in, class names and probabilities out."""
+"""Predict with a saved pipeline: raw images in, class names and probabilities out.
+
+Every file under the input folder ends up in the predictions or in ``rejected.csv`` with its reason,
+including images that the load accepted but the saved model's featurizer cannot use.
+"""
 
 from __future__ import annotations
-
-import csv
-import json
-import os
-import uuid
 
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
@@ -13,46 +12,45 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from . import loader, storage
+from .columns import FEATURIZE_ERROR, IMAGE_COLUMNS, IMAGE_ID, LABEL, PATH, REASON, REJECTED_COLUMNS
 from .evaluate import predictions_table
+from .layout import PredictionLayout
 
 
 def load_model(path: str) -> PipelineModel:
-    if not os.path.exists(path) and "://" not in path:
+    if not storage.exists(path):
         raise FileNotFoundError(f"model folder not found: {path} (train one with 'sparkvision train')")
     return PipelineModel.load(path)
 
 
 def unlabelled_images(spark: SparkSession, root: str, data_cfg: dict) -> tuple[DataFrame, DataFrame, dict]:
     """All image files under ``root`` (any depth, no labels needed): ``(images, rejected, counts)``."""
-    checked, discovered = loader.scan_folder(spark, root, data_cfg, labelled=False)
-    checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
-    images = checked.filter(F.col("reason").isNull()).select("image_id", "path", "label", "width", "height", "content")
-    rejected = checked.filter(F.col("reason").isNotNull()).select(*loader.REJECTED_COLUMNS)
-    row = checked.agg(F.count(F.lit(1)).alias("all"), F.count(F.when(F.col("reason").isNull(), 1)).alias("ok")).first()
-    if row["all"] != discovered:
-        raise AssertionError(f"--images {root}: {row['all']} files checked, {discovered} discovered")
-    counts = {"discovered": discovered, "accepted": row["ok"], "rejected": row["all"] - row["ok"]}
+    inv = loader.folder_inventory(root, data_cfg, labelled=False)
+    checked = loader.checked_table(spark, inv, data_cfg, classes=None).persist(StorageLevel.MEMORY_AND_DISK)
+    images = checked.filter(F.col(REASON).isNull()).select(*IMAGE_COLUMNS)
+    rejected = checked.filter(F.col(REASON).isNotNull()).select(*REJECTED_COLUMNS)
+    row = checked.agg(F.count(F.lit(1)).alias("all"), F.count_if(F.col(REASON).isNull()).alias("ok")).first()
+    if row["all"] != len(inv.rows):  # against the driver's own listing
+        raise AssertionError(f"--images {root}: {row['all']} files checked, {len(inv.rows)} listed")
+    counts = {"discovered": len(inv.rows), "accepted": row["ok"], "rejected": row["all"] - row["ok"]}
     return images, rejected, counts
 
 
-def predict(model: PipelineModel, images: DataFrame) -> DataFrame:
-    return predictions_table(model.transform(images)).drop("label")
+def predict(model: PipelineModel, images: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """``(predictions, unusable)``: the model applied to every image its featurizer can use, and the
+    others as rejected rows with the featurizer's reason (nothing is dropped silently)."""
+    featurizer, rest = model.stages[0], PipelineModel(stages=model.stages[1:])
+    featurized = featurizer.copy({featurizer.errorCol: FEATURIZE_ERROR}).transform(images)
+    featurized = featurized.persist(StorageLevel.MEMORY_AND_DISK)  # the network runs once for both outputs
+    ok = featurized.filter(F.col(FEATURIZE_ERROR).isNull())
+    unusable = featurized.filter(F.col(FEATURIZE_ERROR).isNotNull()).select(
+        IMAGE_ID, PATH, LABEL, F.concat(F.lit("the model's featurizer cannot use it: "), F.col(FEATURIZE_ERROR)).alias(REASON))
+    return predictions_table(rest.transform(ok)).drop(LABEL), unusable
 
 
-def write_csv(df: DataFrame, path: str) -> None:
-    """One CSV file on the driver, streamed, written atomically; arrays as JSON."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(df.columns)
-        for row in df.toLocalIterator():
-            writer.writerow([json.dumps(v) if isinstance(v, list) else v for v in row])
-    os.replace(tmp, path)
-
-
-def write_predictions(df: DataFrame, out_dir: str) -> dict:
-    parquet, csv_path = os.path.join(out_dir, "predictions.parquet"), os.path.join(out_dir, "predictions.csv")
-    storage.write_parquet(df, parquet)
-    write_csv(df.sparkSession.read.parquet(parquet), csv_path)
-    return {"parquet": parquet, "csv": csv_path}
+def write_predictions(df: DataFrame, out: PredictionLayout) -> dict:
+    """``predictions.parquet`` and ``predictions.csv``; returns their paths and the number of rows."""
+    storage.write_parquet(df, out.parquet)
+    written = df.sparkSession.read.parquet(out.parquet)
+    storage.write_csv(written, out.csv)
+    return {"parquet": out.parquet, "csv": out.csv, "images": written.count()}

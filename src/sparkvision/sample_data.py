@@ -12,10 +12,17 @@ import numpy as np
 from PIL import Image
 
 
-def make_digits(dest: str, per_class: int = 20, digits: tuple[int, ...] = tuple(range(10)), size: int = 64) -> str:
-    """Write ``per_class`` images of each digit under ``dest`` (one folder per digit); return ``dest``."""
+def make_digits(dest: str, per_class: int = 20, digits: tuple[int, ...] = tuple(range(10)), size: int = 64,
+                clean: bool = False) -> str:
+    """Write ``per_class`` images of each digit under ``dest`` (one folder per digit); return ``dest``.
+
+    ``clean`` removes what ``dest`` held first (the demo regenerates its set on every run)."""
+    import shutil
+
     from sklearn.datasets import load_digits
 
+    if clean:
+        shutil.rmtree(dest, ignore_errors=True)
     data = load_digits()
     for digit in digits:
         folder = os.path.join(dest, str(digit))

@@ -88,9 +88,92 @@ def build_from_state_dict(sd, input_size: int, include_top: bool = False, name: 
     return model
 
 
+_FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.")
+_BN_PARTS = ("weight", "bias", "running_mean", "running_var")
+
+
+def check_state_dict(sd, origin: str, include_top: bool = False) -> int:
+    """Check ``sd`` is an EfficientNet-Lite checkpoint the builder can use; return its feature width.
+
+    Every tensor the builder reads must exist, be float16/32/64, convolutions 4-D and batch
+    norms 1-D with channel counts that chain from block to block, block indices 0..n-1.
+    Raises ``ValueError`` naming ``origin`` (the file) and the offending key.
+    """
+
+    def tensor(key: str, ndim: int) -> np.ndarray:
+        if key not in sd:
+            raise ValueError(f"{origin}: not an EfficientNet-Lite checkpoint: {key!r} is missing")
+        value = sd[key]
+        if not isinstance(value, np.ndarray):
+            raise ValueError(f"{origin}: {key!r} is a {type(value).__name__}, not an array")
+        if value.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{origin}: {key!r} has dtype {value.dtype}, expected float16, float32 or float64")
+        if value.ndim != ndim or 0 in value.shape:
+            raise ValueError(f"{origin}: {key!r} has shape {value.shape}, expected {ndim} non-empty dimensions")
+        return value
+
+    def conv(key: str, in_channels: int | None, depthwise: bool = False) -> int:
+        w = tensor(key, 4)
+        expected = 1 if depthwise else in_channels
+        if expected is not None and w.shape[1] != expected:
+            raise ValueError(f"{origin}: {key!r} has shape {w.shape}, expected {expected} input channels")
+        if depthwise and w.shape[0] != in_channels:
+            raise ValueError(f"{origin}: {key!r} has shape {w.shape}, expected {in_channels} channels")
+        return w.shape[0]
+
+    def bn(prefix: str, channels: int) -> None:
+        for part in _BN_PARTS:
+            v = tensor(f"{prefix}.{part}", 1)
+            if v.shape[0] != channels:
+                raise ValueError(f"{origin}: '{prefix}.{part}' has {v.shape[0]} channels, expected {channels}")
+
+    if not hasattr(sd, "keys"):
+        raise ValueError(f"{origin}: holds a {type(sd).__name__}, not a state dict")
+    channels = conv("_conv_stem.weight", 3)
+    bn("_bn0", channels)
+    indices = sorted({int(m.group(1)) for k in sd if isinstance(k, str) and (m := _BLOCK_KEY.match(k))})
+    if not indices:
+        raise ValueError(f"{origin}: not an EfficientNet-Lite checkpoint: no '_blocks.N.' keys")
+    if indices != list(range(len(indices))):
+        missing = sorted(set(range(indices[-1] + 1)) - set(indices))
+        raise ValueError(f"{origin}: block indices are not contiguous: '_blocks.{missing[0]}.' is missing")
+    stages, prev_out = 0, None
+    for i in indices:
+        p = f"_blocks.{i}"
+        hidden = channels
+        if f"{p}._expand_conv.weight" in sd:
+            hidden = conv(f"{p}._expand_conv.weight", channels)
+            bn(f"{p}._bn0", hidden)
+        conv(f"{p}._depthwise_conv.weight", hidden, depthwise=True)
+        bn(f"{p}._bn1", hidden)
+        channels = conv(f"{p}._project_conv.weight", hidden)
+        bn(f"{p}._bn2", channels)
+        if channels != prev_out:
+            stages += 1
+            if stages > len(STAGE_STRIDES):
+                raise ValueError(
+                    f"{origin}: '{p}._project_conv.weight' starts stage {stages}; "
+                    f"EfficientNet-Lite has {len(STAGE_STRIDES)}"
+                )
+        prev_out = channels
+    features = conv("_conv_head.weight", channels)
+    bn("_bn1", features)
+    if include_top:
+        fc = tensor("_fc.weight", 2)
+        if fc.shape[1] != features:
+            raise ValueError(f"{origin}: '_fc.weight' has shape {fc.shape}, expected {features} inputs")
+        bias = tensor("_fc.bias", 1)
+        if bias.shape[0] != fc.shape[0]:
+            raise ValueError(f"{origin}: '_fc.bias' has {bias.shape[0]} entries, expected {fc.shape[0]}")
+    return features
+
+
 def build(weights_path: str, input_size: int, include_top: bool = False, name: str = "efficientnet_lite"):
-    """Build EfficientNet-Lite in Keras from a legacy ``.pth`` checkpoint."""
-    return build_from_state_dict(load_legacy_state_dict(weights_path), input_size, include_top, name)
+    """Build EfficientNet-Lite in Keras from a legacy ``.pth`` checkpoint (checked before any layer is built)."""
+    sd = load_legacy_state_dict(weights_path)
+    check_state_dict(sd, str(weights_path), include_top)
+    return build_from_state_dict(sd, input_size, include_top, name)
 
 
 def preprocess_input(x):

@@ -37,6 +37,9 @@ class ModelSpec:
     # pays for small, memory-bound nets (EfficientNet-Lite0: +33 % images/s on one core), but TF then
     # holds several copies of the weights (InceptionV3: +1.2 GiB per worker for +8 %), so opt-in.
     freeze_graph: bool = False
+    # "module:function" (spec, path) -> None: refuses a user-supplied weights file that is not this
+    # model's (``ValueError`` naming the file); None: no check beyond the file being there.
+    checker: str | None = None
 
     def preprocess_fn(self) -> Callable:
         return _resolve(self.preprocess)
@@ -44,6 +47,11 @@ class ModelSpec:
     def build(self, weights_path: str | None):
         """Build the pooled-feature model; ``weights_path=None`` gives random weights (tests, benchmarks)."""
         return _resolve(self.builder)(self, weights_path)
+
+    def check_weights(self, path) -> None:
+        """Validate an explicit weights file (``--weights FILE``) for this model; ``ValueError`` names the file."""
+        if self.checker:
+            _resolve(self.checker)(self, path)
 
 
 def _resolve(dotted: str) -> Callable:
@@ -72,6 +80,35 @@ def build_efficientnet_lite(spec: ModelSpec, weights_path: str | None):
     return efficientnet_lite.build(weights_path, spec.input_size, name=spec.name)
 
 
+def check_keras_weights(spec: ModelSpec, path) -> None:
+    """The file must be HDF5 and load into the model built with random weights."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{path}: not usable weights for {spec.name}: {exc}") from exc
+    model = spec.build(None)
+    try:
+        model.load_weights(path)
+    except Exception as exc:  # Keras reports a mismatch as ValueError, a malformed file as almost anything
+        raise ValueError(f"{path}: not usable weights for {spec.name}: {exc}") from exc
+
+
+def check_efficientnet_lite_weights(spec: ModelSpec, path) -> None:
+    """The file must be a sound legacy checkpoint of an EfficientNet-Lite with this spec's feature width."""
+    from . import efficientnet_lite
+    from .torch_legacy import load_legacy_state_dict
+
+    features = efficientnet_lite.check_state_dict(load_legacy_state_dict(path), str(path))
+    if features != spec.feature_dim:
+        raise ValueError(
+            f"{path}: not usable weights for {spec.name}: '_conv_head.weight' gives {features} features, "
+            f"expected {spec.feature_dim}"
+        )
+
+
 _KAPPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
@@ -83,6 +120,7 @@ def _keras(name, size, dim, module, url, file_hash):
         preprocess=f"keras.applications.{module}:preprocess_input",
         builder="sparkvision.models.registry:build_keras_application",
         weights=WeightsSource(filename=url.rsplit("/", 1)[1], url=url, file_hash=file_hash),
+        checker="sparkvision.models.registry:check_keras_weights",
     )
 
 
@@ -101,6 +139,7 @@ def _lite(n, size):
         offline=True,
         freeze_graph=True,
         crop_fraction=size / (size + 32),  # TF EfficientNet eval: centre crop with 32 px padding
+        checker="sparkvision.models.registry:check_efficientnet_lite_weights",
     )
 
 

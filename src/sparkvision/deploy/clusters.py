@@ -19,9 +19,6 @@ import yaml
 SPEC_DIR_ENV = "SPARKVISION_CLUSTERS"
 _MEMORY = re.compile(r"^\d+[kmgt]?$", re.IGNORECASE)
 _MAVEN = re.compile(r"^[\w.\-]+:[\w.\-]+:[\w.\-]+$")
-_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|access[._-]?key|private[._-]?key", re.I)
-_SECRET_VALUE = re.compile(r"dapi[0-9a-f]{32}|AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY|gh[pousr]_[A-Za-z0-9]{30,}")
-_SECRET_REF = re.compile(r"^\{\{secrets/[^/{}]+/[^/{}]+\}\}$")
 _TOP_KEYS = {"name", "workers", "driver", "executor", "gpu", "spark_conf", "maven", "standalone", "databricks"}
 # new_cluster fields a spec's ``databricks`` section may set (the rest is derived from the spec).
 _DATABRICKS_KEYS = {"spark_version", "node_type_id", "driver_node_type_id", "autoscale", "data_security_mode",
@@ -62,19 +59,10 @@ def _conf_value(value: Any) -> str:
 
 
 def find_credentials(data: Any, path: tuple = ()):
-    """Yield ``(path, what)`` for each credential-looking key or value in ``data`` (secret references pass)."""
-    if isinstance(data, dict):
-        for key, value in data.items():
-            literal = isinstance(value, str) and value.lower() not in ("", "true", "false") and not _SECRET_REF.match(value)
-            if _SECRET_KEY.search(str(key)) and literal:
-                yield path + (key,), "key"
-            else:
-                yield from find_credentials(value, path + (key,))
-    elif isinstance(data, (list, tuple)):
-        for i, value in enumerate(data):
-            yield from find_credentials(value, path + (i,))
-    elif isinstance(data, str) and _SECRET_VALUE.search(data):
-        yield path, "value"
+    """``(path, "key" | "value")`` for each credential in ``data`` (:func:`sparkvision.secrets.find_credentials`)."""
+    from .. import secrets
+
+    return secrets.find_credentials(data, path)
 
 
 def dotted_path(path) -> str:
@@ -276,15 +264,25 @@ def spark_submit_executable() -> str:
 
 
 def driver_script() -> str:
-    from .driver import __file__ as pkg_init
+    from . import __file__ as pkg_init
 
     return os.path.join(os.path.dirname(pkg_init), "sparkvision_driver.py")
 
 
-def submit_command(spec: ClusterSpec, master: str, job_args: list[str], extra_conf: dict[str, str] | None = None) -> list[str]:
-    """The spark-submit command line (client mode: Python apps cannot use cluster mode on standalone)."""
+def submit_command(spec: ClusterSpec, master: str, job_args: list[str], extra_conf: dict[str, str] | None = None,
+                   insecure: bool | None = None) -> list[str]:
+    """The spark-submit command line (client mode: Python apps cannot use cluster mode on standalone).
+
+    For a ``spark://`` master with a shared secret configured (:mod:`.auth`) it turns on
+    ``spark.authenticate``; the secret itself never goes on the command line (``ps`` shows it): the
+    driver inherits the environment and reads it. Without a secret it raises
+    :class:`~.auth.AuthError`, unless ``insecure`` (default: ``SPARKVISION_INSECURE=1``).
+    """
+    from . import auth
+
     conf = {**submit_conf(spec), **(extra_conf or {})}
     check_no_secrets(conf, "--conf")
+    conf.update(auth.submit_conf(master, insecure))
     cmd = [spark_submit_executable(), "--master", master, "--deploy-mode", "client", "--name", f"sparkvision-{spec.name}"]
     for key, value in conf.items():
         cmd += ["--conf", f"{key}={value}"]

@@ -25,96 +25,49 @@ def join(base: str, *parts: str) -> str:
 MARKER = "_sparkvision.json"
 
 
+class _At:
+    """A file or folder of a layout, at ``parts`` below its ``out`` folder."""
+
+    def __init__(self, *parts: str):
+        self.parts = parts
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else join(obj.out, *self.parts)
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The files of one run (``--output``)."""
 
     out: str
 
-    def path(self, *parts: str) -> str:
-        return join(self.out, *parts)
-
+    config = _At("config.yaml")               # the run's settings, credentials redacted
+    lock = _At(".sparkvision.lock")           # held while a command writes here
     # load
-    @property
-    def config(self) -> str:
-        return self.path("config.yaml")
-
-    @property
-    def lock(self) -> str:
-        return self.path(".sparkvision.lock")
-
-    @property
-    def images(self) -> str:
-        return self.path("images.parquet")
-
-    @property
-    def rejected(self) -> str:
-        return self.path("rejected.parquet")
-
-    @property
-    def rejected_csv(self) -> str:
-        return self.path("rejected.csv")
-
-    @property
-    def load(self) -> str:
-        return self.path("load.json")
-
+    images = _At("images.parquet")
+    rejected = _At("rejected.parquet")
+    rejected_csv = _At("rejected.csv")
+    load = _At("load.json")
     # featurize
-    @property
-    def features(self) -> str:
-        return self.path("features.parquet")
-
-    @property
-    def featurizer(self) -> str:
-        return self.path("featurizer")
-
-    @property
-    def featurize(self) -> str:
-        return self.path("featurize.json")
-
+    features = _At("features.parquet")
+    featurizer = _At("featurizer")
+    featurize = _At("featurize.json")
     # train
-    @property
-    def split(self) -> str:
-        return self.path("split.parquet")
-
-    @property
-    def model(self) -> str:
-        return self.path("model")
-
-    @property
-    def train(self) -> str:
-        return self.path("train.json")
-
+    split = _At("split.parquet")
+    model = _At("model")
+    train = _At("train.json")
     # evaluate
-    @property
-    def evaluation(self) -> str:
-        return self.path("evaluation")
-
-    @property
-    def metrics(self) -> str:
-        return self.path("evaluation", "metrics.json")
-
-    @property
-    def report(self) -> str:
-        return self.path("evaluation", "report.md")
-
-    @property
-    def confusion_matrix_png(self) -> str:
-        return self.path("evaluation", "confusion_matrix.png")
-
-    @property
-    def roc_curve_png(self) -> str:
-        return self.path("evaluation", "roc_curve.png")
+    evaluation = _At("evaluation")
+    metrics = _At("evaluation", "metrics.json")
+    report = _At("evaluation", "report.md")
+    confusion_matrix_png = _At("evaluation", "confusion_matrix.png")
+    roc_curve_png = _At("evaluation", "roc_curve.png")
+    sample_data = _At("sample_data", "digits")  # the demo's generated images (``run`` without input)
 
     @property
     def predictions(self) -> "PredictionLayout":
         """Evaluation's predictions on the test split (same files as ``sparkvision predict`` writes)."""
         return PredictionLayout(self.evaluation)
-
-    @property
-    def sample_data(self) -> str:
-        """The demo's generated images (``sparkvision run`` without input)."""
-        return self.path("sample_data", "digits")
 
     def record(self, stage: str) -> str:
         """The JSON a stage writes last, as its commit record (holds its fingerprint)."""
@@ -127,21 +80,10 @@ class PredictionLayout:
 
     out: str
 
-    @property
-    def parquet(self) -> str:
-        return join(self.out, "predictions.parquet")
-
-    @property
-    def csv(self) -> str:
-        return join(self.out, "predictions.csv")
-
-    @property
-    def rejected_csv(self) -> str:
-        return join(self.out, "rejected.csv")
-
-    @property
-    def summary(self) -> str:
-        return join(self.out, "predict.json")
+    parquet = _At("predictions.parquet")
+    csv = _At("predictions.csv")
+    rejected_csv = _At("rejected.csv")
+    summary = _At("predict.json")
 
 
 # README's stage table: (command, reads, writes); a test keeps README in step with it.

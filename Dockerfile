@@ -92,7 +92,8 @@ USER root
 COPY --from=test-deps /opt/test-deps /opt/test-deps
 RUN python -c "import site; print(site.getsitepackages()[0])" | xargs -I{} sh -c 'echo /opt/test-deps > {}/test-deps.pth' \
  && ln -s /opt/test-deps/bin/pytest /usr/local/bin/pytest 2>/dev/null || true
-COPY pyproject.toml bundle.yml /opt/sparkvision/
+COPY pyproject.toml bundle.yml README.md /opt/sparkvision/
+COPY infra/docker /opt/sparkvision/infra/docker
 COPY jobs /opt/sparkvision/jobs
 COPY infra/databricks /opt/sparkvision/infra/databricks
 COPY tests /opt/sparkvision/tests

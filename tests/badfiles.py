@@ -62,6 +62,10 @@ EXPECTED = {
     "cats/loop/": "symlink loop",
     "birds/.hidden.jpg": "hidden file",                # inside the symlinked class folder
     "birds/empty.jpg": "empty file",
+    "robins/robin.jpg": None,                          # robins/ links to the same folder as birds/: listed
+    "robins/.hidden.jpg": "hidden file",               # again, as find -L does (an alias, not a loop)
+    "robins/empty.jpg": "empty file",
+    "self/": "symlink loop",                           # self -> . at the root: a loop, not a class
     # folders that tools and systems leave beside data: never classes, never fatal
     "__MACOSX/cats/._good1.jpg": "hidden or system folder",
     "__MACOSX/._cats": "hidden or system folder",
@@ -73,6 +77,7 @@ EXPECTED = {
     ".Trash-1000/files/old.jpg": "hidden or system folder",
 }
 UNREADABLE = "dogs/no_permission.jpg"  # added when not running as root (root reads any file)
+UNREADABLE_FOLDER = "locked/"          # likewise: a class folder nobody may list
 
 
 def _rgb(seed: int, size=(48, 32)) -> Image.Image:
@@ -169,6 +174,8 @@ def make_bad_input_set(root: Path, elsewhere: Path) -> dict:
     (birds / ".hidden.jpg").write_bytes(_jpeg_bytes(_rgb(29)))
     (birds / "empty.jpg").write_bytes(b"")
     os.symlink(birds, root / "birds")
+    os.symlink(birds, root / "robins")
+    os.symlink(".", root / "self")
     os.symlink("../cats/good1.jpg", root / "dogs" / "link_to_cat.jpg")
     os.symlink(root / "nowhere.jpg", root / "dogs" / "dangling.jpg")
     os.symlink("..", root / "cats" / "loop")  # cats/loop -> the root folder, already listed
@@ -179,6 +186,11 @@ def make_bad_input_set(root: Path, elsewhere: Path) -> dict:
         path.write_bytes(_jpeg_bytes(_rgb(30)))
         path.chmod(0)
         expected[UNREADABLE] = "not readable: permission denied"
+        locked = root / UNREADABLE_FOLDER
+        locked.mkdir()
+        (locked / "x.jpg").write_bytes(_jpeg_bytes(_rgb(31)))
+        locked.chmod(0)
+        expected[UNREADABLE_FOLDER] = "folder not readable"
     return expected
 
 
@@ -189,4 +201,5 @@ def count_entries(root: Path) -> int:
 
     found = subprocess.run(["find", "-L", str(root), "!", "-type", "d"], capture_output=True, text=True)
     loops = found.stderr.count("File system loop detected")
-    return len(found.stdout.splitlines()) + loops
+    unreadable = found.stderr.count("Permission denied")  # a folder find cannot list: one row for it
+    return len(found.stdout.splitlines()) + loops + unreadable

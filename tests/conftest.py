@@ -82,3 +82,17 @@ def football_features(spark, football_loaded):
     features = featurizer.transform(football_loaded.images).drop("content").persist(StorageLevel.MEMORY_AND_DISK)
     features.count()
     return featurizer, features
+
+
+@pytest.fixture
+def bundle_copy(tmp_path) -> Path:
+    """A copy of everything the Databricks bundle reads (bundle.yml, jobs/, cluster specs), to edit."""
+    import shutil
+
+    dest = tmp_path / "proj"
+    dest.mkdir()
+    for name in ("bundle.yml", "pyproject.toml"):
+        shutil.copy(ROOT / name, dest / name)
+    for folder in ("jobs", "infra/clusters", "infra/databricks"):
+        shutil.copytree(ROOT / folder, dest / folder)
+    return dest

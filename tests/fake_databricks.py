@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlparse
 
 TOKEN = "dapi" + "5f3c9a7e1b2d4c6f8a0e2b4d6f8a1c3e"
 USER = "someone@example.com"
+SHORT_NAME = "someone"   # ${workspace.current_user.short_name} of USER
 ENTRY_POINTS = {"sparkvision-load", "sparkvision-featurize", "sparkvision-train", "sparkvision-evaluate",
                 "sparkvision-predict", "sparkvision-run"}
 METRICS = {"accuracy": 0.95, "baseline_accuracy": 0.5, "roc_auc": 0.976, "n": 20}
@@ -30,7 +31,9 @@ class FakeWorkspace:
         self.submitted: dict | None = None
         self.polls = 0
         self.throttled = 0
-        self.files = {"/Volumes/main/sparkvision/data/runs/dev/evaluation/metrics.json": json.dumps(METRICS).encode()}
+        # The runs' metrics where each target writes them (the dev targets: the user's own folder).
+        self.files = {f"/Volumes/main/sparkvision/data/runs/{folder}/evaluation/metrics.json": json.dumps(METRICS).encode()
+                      for folder in ("dev", f"dev/{SHORT_NAME}", f"dev-serverless/{SHORT_NAME}", "prod", "prod-serverless")}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
@@ -70,21 +73,46 @@ class FakeWorkspace:
                 "run_page_url": f"{self.url}/#job/1/run/{run_id}"}
 
     def _check_submit(self, body: dict) -> None:
+        """As runs/submit checks a one-time run: a task runs on an inline new_cluster with the wheel as a
+        library (classic), or names one of the run's environments, which installs the wheel (serverless)."""
         tasks = body.get("tasks") or []
         if not tasks:
             self.problems.append("submit: no tasks")
+        environments = {e.get("environment_key"): e for e in body.get("environments") or []}
+        for key, env in environments.items():
+            spec = env.get("spec") or {}
+            deps = spec.get("dependencies") or []
+            if not (spec.get("environment_version") or spec.get("client")):
+                self.problems.append(f"submit: environment {key}: no environment_version")
+            if not any(d in self.uploads for d in deps):
+                self.problems.append(f"submit: environment {key}: dependencies {deps} hold no uploaded wheel {sorted(self.uploads)}")
+            if any(d.endswith(".whl") and d not in self.uploads for d in deps):
+                self.problems.append(f"submit: environment {key}: a wheel dependency was not uploaded: {deps}")
+        used = {t.get("environment_key") for t in tasks} - {None}
+        if set(environments) - used:
+            self.problems.append(f"submit: environments {sorted(set(environments) - used)} used by no task")
         seen = set()
         for t in tasks:
             key = t.get("task_key")
             wheel = t.get("python_wheel_task") or {}
             if wheel.get("package_name") != "sparkvision" or wheel.get("entry_point") not in ENTRY_POINTS:
                 self.problems.append(f"submit: task {key}: python_wheel_task {wheel}")
-            cluster = t.get("new_cluster") or {}
-            if not (cluster.get("spark_version") and cluster.get("node_type_id")) or "job_cluster_key" in t:
-                self.problems.append(f"submit: task {key}: needs an inline new_cluster, got {sorted(t)}")
-            libs = [lib.get("whl") for lib in t.get("libraries") or []]
-            if not libs or any(lib not in self.uploads for lib in libs):
-                self.problems.append(f"submit: task {key}: libraries {libs} are not uploaded wheels {sorted(self.uploads)}")
+            if any("${" in str(p) for p in wheel.get("parameters") or []):
+                self.problems.append(f"submit: task {key}: unresolved reference in parameters {wheel.get('parameters')}")
+            if "job_cluster_key" in t:
+                self.problems.append(f"submit: task {key}: one-time runs have no job clusters, got {sorted(t)}")
+            if "environment_key" in t:
+                if t["environment_key"] not in environments:
+                    self.problems.append(f"submit: task {key}: environment {t['environment_key']!r} not in {sorted(environments)}")
+                if "new_cluster" in t or "existing_cluster_id" in t or t.get("libraries"):
+                    self.problems.append(f"submit: task {key}: a serverless task with a cluster or libraries: {sorted(t)}")
+            else:
+                cluster = t.get("new_cluster") or {}
+                if not (cluster.get("spark_version") and cluster.get("node_type_id")):
+                    self.problems.append(f"submit: task {key}: needs an inline new_cluster or an environment_key, got {sorted(t)}")
+                libs = [lib.get("whl") for lib in t.get("libraries") or []]
+                if not libs or any(lib not in self.uploads for lib in libs):
+                    self.problems.append(f"submit: task {key}: libraries {libs} are not uploaded wheels {sorted(self.uploads)}")
             for dep in t.get("depends_on") or []:
                 if dep.get("task_key") not in seen:
                     self.problems.append(f"submit: task {key} depends on unknown/later task {dep}")

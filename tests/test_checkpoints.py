@@ -552,6 +552,25 @@ def test_check_weights_refuses_a_non_hdf5_keras_file(tmp_path):
         registry.get("MobileNetV2").check_weights(path)
 
 
+def test_check_weights_refuses_an_h5_whose_arrays_declare_more_than_the_model_holds(tmp_path):
+    import tracemalloc
+
+    import h5py
+
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as f:  # 40 GB declared, a few KB on disk (chunked, compressed, never written)
+        f.create_dataset("layer/kernel", shape=(100_000, 100_000), dtype="f4", chunks=(1000, 1000), compression="gzip")
+    assert path.stat().st_size < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=rf"{path}: not usable weights for MobileNetV2: its arrays declare "
+                                             r"40,000,000,000 bytes.*'layer/kernel'"):
+            registry.get("MobileNetV2").check_weights(path)
+        assert tracemalloc.get_traced_memory()[1] < 512 * 2**20
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.slow
 def test_check_weights_keras_h5_garbage_and_valid(tmp_path):
     import h5py

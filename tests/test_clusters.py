@@ -144,6 +144,19 @@ def test_submit_dry_run_prints_the_spark_submit_command(capsys, monkeypatch):
     assert cmd.rstrip().endswith("sparkvision_driver.py run --images /data/x")
 
 
+@pytest.mark.parametrize("job_arg", [
+    "network.mirror_url=https://u:Tok3n-9f8e7d6c@mirror.example.com/",
+    "spark.conf={spark.hadoop.fs.s3a.secret.key: Tok3n-9f8e7d6c}",
+    "spark.conf={fs.azure.account.key.acct.dfs.core.windows.net: Tok3n-9f8e7d6c}",
+])
+def test_submit_refuses_credentials_in_job_arguments(capsys, monkeypatch, job_arg):
+    monkeypatch.setenv(auth.SECRET_ENV, SPARK_SECRET)
+    assert cli.main(["submit", "--cluster-spec", "ci", "--master", "spark://127.0.0.1:7077", "--dry-run",
+                     "--", "run", "--set", job_arg]) == 2
+    err = capsys.readouterr().err
+    assert "holds a credential" in err and "Tok3n-9f8e7d6c" not in err and "spark-submit --master" not in err
+
+
 def test_submit_reports_missing_spec(capsys):
     assert cli.main(["submit", "--cluster-spec", "nope", "--master", "spark://h:7077", "--dry-run"]) == 2
     assert "cluster spec not found: nope" in capsys.readouterr().err

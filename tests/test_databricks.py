@@ -1,5 +1,6 @@
 """`sparkvision databricks` against a local fake of the Jobs, Workspace and Files endpoints (127.0.0.1)."""
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -7,11 +8,19 @@ from pathlib import Path
 import pytest
 
 from sparkvision import cli
+from sparkvision.deploy import bundle, databricks
 
-from fake_databricks import METRICS, TOKEN, FakeWorkspace
+from fake_databricks import METRICS, SHORT_NAME, TOKEN, USER, FakeWorkspace
 
 pytest.importorskip("databricks.sdk")
 ROOT = Path(__file__).resolve().parents[1]
+WHEEL_DIR = f"/Workspace/Users/{USER}/.sparkvision/wheels"
+
+
+@pytest.fixture
+def project(bundle_copy) -> Path:
+    """A copy of what the bundle reads, for per-target variable files."""
+    return bundle_copy
 
 
 @pytest.fixture
@@ -43,8 +52,8 @@ def _cli(capsys, caplog, *argv) -> tuple[int, str]:
     return code, text
 
 
-def _submit(capsys, caplog, wheel, *extra):
-    return _cli(capsys, caplog, "databricks", "submit", "--root", str(ROOT), "--wheel", str(wheel), "--poll", "0.05",
+def _submit(capsys, caplog, wheel, *extra, root=ROOT):
+    return _cli(capsys, caplog, "databricks", "submit", "--root", str(root), "--wheel", str(wheel), "--poll", "0.05",
                 "--timeout", "30", *extra)
 
 
@@ -53,19 +62,91 @@ def test_submit_runs_the_bundle_pipeline_and_reports_metrics(workspace, wheel, c
     assert code == 0, text
     tasks = workspace.submitted["tasks"]
     assert [t["task_key"] for t in tasks] == ["load", "featurize", "train", "evaluate"]
-    assert tasks[0]["python_wheel_task"]["parameters"][:2] == ["--images", "/Volumes/main/sparkvision/data/images"]
-    assert tasks[0]["new_cluster"]["spark_conf"]["spark.executor.memory"] == "8g"  # infra/clusters/cpu.yml
-    assert list(workspace.uploads) == [f"/Workspace/Users/someone@example.com/.sparkvision/wheels/{wheel.name}"]
+    params = tasks[0]["python_wheel_task"]["parameters"]
+    assert params[:2] == ["--images", "/Volumes/main/sparkvision/data/images"]
+    # dev: the caller's own run folder (${workspace.current_user.short_name}, resolved like the CLI does)
+    assert params[2:4] == ["--output", f"/Volumes/main/sparkvision/data/runs/dev/{SHORT_NAME}"]
+    cluster = tasks[0]["new_cluster"]
+    assert cluster["spark_conf"]["spark.executor.memory"] == "8g"  # infra/clusters/cpu.yml
+    assert cluster["data_security_mode"] == "DATA_SECURITY_MODE_DEDICATED" and cluster["kind"] == "CLASSIC_PREVIEW"
+    assert all(t["libraries"] == [{"whl": f"{WHEEL_DIR}/{wheel.name}"}] for t in tasks)
+    assert "environments" not in workspace.submitted
+    assert list(workspace.uploads) == [f"{WHEEL_DIR}/{wheel.name}"]
     assert "run 101: TERMINATED SUCCESS" in text and f"{workspace.url}/#job/1/run/101" in text
-    assert f"accuracy {METRICS['accuracy']}" in text
+    assert f"accuracy {METRICS['accuracy']}" in text  # read from the per-user folder
 
 
-def test_submit_with_gpu_profile_uses_the_gpu_cluster(workspace, wheel, capsys, caplog):
-    code, text = _submit(capsys, caplog, wheel, "--var", "cluster_profile=gpu")
+def test_submit_with_the_gpu_cluster_from_the_variable_file(workspace, wheel, project, capsys, caplog):
+    overrides = project / bundle.OVERRIDES_FILE.format(target="dev")
+    overrides.parent.mkdir(parents=True)
+    overrides.write_text(json.dumps({"cluster": "${var.gpu_cluster}"}))
+    code, text = _submit(capsys, caplog, wheel, root=project)
     assert code == 0, text
     cluster = workspace.submitted["tasks"][0]["new_cluster"]
     assert cluster["spark_version"].endswith("gpu-ml-scala2.13")
     assert cluster["spark_conf"]["spark.task.resource.gpu.amount"] == "0.25"
+
+
+def test_gpu_cluster_by_var_is_refused_like_the_cli_does(workspace, wheel, capsys, caplog):
+    code, text = _submit(capsys, caplog, wheel, "--var", "cluster=${var.gpu_cluster}")
+    assert code == 2 and "'cluster' is a complex variable" in text and "variable-overrides.json" in text
+    assert workspace.submitted is None
+
+
+def test_submit_serverless_sends_environments_and_environment_keys(workspace, wheel, capsys, caplog):
+    code, text = _submit(capsys, caplog, wheel, "--target", "dev-serverless")
+    assert code == 0, text
+    body = workspace.submitted
+    assert body["environments"] == [{"environment_key": "default", "spec": {
+        "environment_version": "4", "dependencies": [f"{WHEEL_DIR}/{wheel.name}", "tensorflow>=2.16,<3"]}}]
+    tasks = body["tasks"]
+    assert [t["task_key"] for t in tasks] == ["load", "featurize", "train", "evaluate"]
+    for t in tasks:
+        assert t["environment_key"] == "default"
+        assert not {"new_cluster", "job_cluster_key", "existing_cluster_id", "libraries"} & set(t)
+    assert tasks[1]["python_wheel_task"]["parameters"][:2] == [
+        "--output", f"/Volumes/main/sparkvision/data/runs/dev-serverless/{SHORT_NAME}"]
+    assert "run 101: TERMINATED SUCCESS" in text and f"accuracy {METRICS['accuracy']}" in text
+
+
+def test_submit_predict_serverless_on_prod_paths(workspace, wheel, capsys, caplog):
+    code, text = _submit(capsys, caplog, wheel, "--target", "prod-serverless", "--job", "sparkvision_predict",
+                         "--var", "catalog=vision", "--var", "service_principal=0000-sp")
+    assert code == 0, text
+    (task,) = workspace.submitted["tasks"]
+    assert task["python_wheel_task"]["parameters"] == [
+        "--model", "/Volumes/vision/sparkvision/data/runs/prod-serverless/model",
+        "--images", "/Volumes/vision/sparkvision/data/new_images",
+        "--output", "/Volumes/vision/sparkvision/data/predictions/prod-serverless"]
+    assert task["environment_key"] == "default" and len(workspace.submitted["environments"]) == 1
+
+
+def test_submit_spec_points_only_the_built_wheel_at_the_upload():
+    resolved = {"resources": {"jobs": {"j": {
+        "job_clusters": [{"job_cluster_key": "main", "new_cluster": {"spark_version": "17.3.x", "node_type_id": "n"}}],
+        "environments": [{"environment_key": "default", "spec": {"environment_version": "4", "dependencies": [
+            "../dist/*.whl", "/Volumes/c/s/v/other-1.0-py3-none-any.whl", "tensorflow>=2.16,<3"]}},
+                         {"environment_key": "unused", "spec": {"environment_version": "4"}}],
+        "tasks": [{"task_key": "a", "job_cluster_key": "main", "libraries": [{"whl": "../dist/*.whl"}, {"pypi": {"package": "x"}}]},
+                  {"task_key": "b", "environment_key": "default"}]}}}}
+    spec = databricks.submit_spec(resolved, "j", "/Workspace/w.whl")
+    a, b = spec["tasks"]
+    assert a["new_cluster"]["spark_version"] == "17.3.x" and "job_cluster_key" not in a
+    assert a["libraries"] == [{"whl": "/Workspace/w.whl"}, {"pypi": {"package": "x"}}]
+    assert b == {"task_key": "b", "environment_key": "default"}
+    assert spec["environments"] == [{"environment_key": "default", "spec": {"environment_version": "4", "dependencies": [
+        "/Workspace/w.whl", "/Volumes/c/s/v/other-1.0-py3-none-any.whl", "tensorflow>=2.16,<3"]}}]
+    assert resolved["resources"]["jobs"]["j"]["tasks"][0]["libraries"][0] == {"whl": "../dist/*.whl"}  # not modified
+    with pytest.raises(KeyError, match="no job 'nope'"):
+        databricks.submit_spec(resolved, "nope", "/w.whl")
+
+
+@pytest.mark.parametrize("user, short", [("someone@example.com", "someone"), ("Jane.Doe+ml@example.com", "jane_doe_ml"),
+                                         ("Zoë-Ann@example.com", "zoë_ann")])
+def test_short_name_is_the_clis(user, short):
+    assert databricks.short_name(user) == short
+    assert databricks.with_current_user({"p": ["/x/${workspace.current_user.short_name}/y"]},
+                                        {"short_name": short}) == {"p": [f"/x/{short}/y"]}
 
 
 @pytest.mark.parametrize("workspace", ["failed"], indirect=True)

@@ -49,7 +49,7 @@ def test_accepted_and_rejected_with_reasons(bad_loaded, bad_set):
 
 
 def test_system_folders_are_never_classes(bad_loaded):
-    assert bad_loaded.classes == ["birds", "cats", "dogs"]
+    assert bad_loaded.classes == ["birds", "cats", "dogs", "robins"]
     labels = {r.image_id: r.label for r in bad_loaded.rejected.collect()}
     assert labels["__MACOSX/cats/._good1.jpg"] is None and labels[".git/HEAD"] is None
     assert labels["cats/.ipynb_checkpoints/good1-checkpoint.jpg"] == "cats"
@@ -105,7 +105,7 @@ def test_labels_and_indices_follow_sorted_class_names(spark, bad_loaded):
         [("cats/good1.jpg", "cats", 1), ("dogs/good3.jpg", "dogs", 2)], "image_id string, label string, label_index int"
     )
     assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True, ignore_metadata=True)
-    assert loader.classes_of(bad_loaded.images) == ["birds", "cats", "dogs"]
+    assert loader.classes_of(bad_loaded.images) == ["birds", "cats", "dogs", "robins"]
 
 
 def test_exif_rotated_size_is_upright(bad_loaded):
@@ -179,3 +179,44 @@ def test_class_without_valid_image(spark, tmp_path):
     (tmp_path / "broken" / "x.jpg").write_bytes(b"nope")
     with pytest.raises(loader.LoadError, match=r"'broken' have no valid image.*not an image"):
         loader.load_images(spark, _data_cfg(images=str(tmp_path)))
+
+
+def test_unreadable_files_and_folders_are_rejected_rows_on_any_host(tmp_path, monkeypatch):
+    """As root, permissions do not stop a read, so the failures are simulated where they happen: the
+    listing's scandir and the read task's open (tests/badfiles.py covers the real thing as a normal user)."""
+    import os
+
+    from sparkvision import listing
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.jpg").write_bytes(b"\xff\xd8")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("/b"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    entries = listing.walk(str(tmp_path))
+    assert [(e.image_id, e.problem) for e in entries] == [("b/", "folder not readable: Permission denied")]
+    assert listing.label_of("b/") is None  # a folder row is never a class
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(loader, "read_file", denied)
+    assert loader.read_and_check("file:/x.jpg", 100, 100) == (None, None, None, "not readable: permission denied")
+
+
+def test_memory_error_in_a_read_task_fails_the_task(monkeypatch):
+    from sparkvision import images as imglib
+
+    def no_memory(data, max_pixels):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(loader, "read_file", lambda path: b"\xff\xd8\xff")
+    monkeypatch.setattr(imglib, "inspect", no_memory)
+    with pytest.raises(MemoryError):
+        loader.read_and_check("file:/x.jpg", 100, 100)

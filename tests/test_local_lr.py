@@ -65,12 +65,40 @@ def test_local_tuning_agrees_with_crossvalidator(spark):
     assert local.engine == "local" and cv.engine == "spark"
     assert local.best_params == cv.best_params
     np.testing.assert_allclose([r["mean"] for r in local.grid], [r["mean"] for r in cv.grid], atol=2e-3)
-    # The winner is Spark ML's own fit (warm-started): a LogisticRegressionModel with the tuned params.
-    assert type(local.model).__name__ == "LogisticRegressionModel"
+    # The local winner is the in-process solution as a Spark ML model; it predicts what Spark's own fit does.
+    assert type(local.model).__name__ == "LogisticModel" and type(cv.model).__name__ == "LogisticRegressionModel"
     assert local.model.getRegParam() == local.best_params["reg_param"]
-    probe = [Vectors.dense(v) for v in x[:10]]
-    np.testing.assert_allclose([local.model.predictProbability(v).toArray() for v in probe],
-                               [cv.model.predictProbability(v).toArray() for v in probe], atol=2e-3)
+    from pyspark.ml.functions import vector_to_array
+
+    def proba(model):
+        return np.array([r.p for r in model.transform(df).select(vector_to_array("probability").alias("p"))
+                         .orderBy("image_id").collect()])
+
+    np.testing.assert_allclose(proba(local.model), proba(cv.model), atol=2e-3)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_logistic_model_applies_like_spark(spark, n_classes, tmp_path):
+    """Spark's LogisticRegressionModel and ours, given the same coefficients, give the same columns."""
+    from pyspark.ml.functions import vector_to_array
+
+    from sparkvision.logistic import LogisticModel
+
+    x, y = _blobs(n_classes, n=40)
+    df = _frame(spark, x, y)
+    spark_model = LogisticRegression(featuresCol=train.FEATURES, labelCol=train.LABEL, regParam=0.1, maxIter=200,
+                                     family="multinomial" if n_classes > 2 else "binomial").fit(df)
+    coef = spark_model.coefficientMatrix.toArray()
+    ours = LogisticModel(coefficients=coef.tolist(), intercepts=list(spark_model.interceptVector.toArray()),
+                         multinomial=n_classes > 2, regParam=0.1, elasticNetParam=0.0, maxIter=200)
+    ours.write().save(str(tmp_path / "m"))
+    ours = LogisticModel.load(str(tmp_path / "m"))
+    cols = [vector_to_array("rawPrediction").alias("raw"), vector_to_array("probability").alias("p"), "prediction"]
+    a = spark_model.transform(df).orderBy("image_id").select(*cols).collect()
+    b = ours.transform(df).orderBy("image_id").select(*cols).collect()
+    np.testing.assert_allclose([r.raw for r in b], [r.raw for r in a], atol=1e-9)
+    np.testing.assert_allclose([r.p for r in b], [r.p for r in a], atol=1e-12)
+    assert [r.prediction for r in b] == [r.prediction for r in a]
 
 
 def test_auto_falls_back_to_crossvalidator_when_features_do_not_fit(spark):

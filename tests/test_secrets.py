@@ -203,9 +203,7 @@ def clean_env(tmp_path, monkeypatch):
     for name in (secrets.MIRROR_TOKEN_ENV, secrets.MIRROR_USER_ENV, secrets.MIRROR_PASSWORD_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
-    secrets.forget_url_credentials()
     yield monkeypatch
-    secrets.forget_url_credentials()
 
 
 def _basic(user, password):
@@ -221,12 +219,16 @@ def test_mirror_auth_from_the_environment(clean_env):
     assert secrets.mirror_auth_header("https://mirror/w") == "Bearer tok"
 
 
-def test_mirror_auth_remembered_from_a_url(clean_env):
-    assert secrets.remember_url_credentials("https://bob:pw@mirror.example.com/w/") == "https://mirror.example.com/w/"
-    assert secrets.mirror_auth_header("https://mirror.example.com:443/other") == _basic("bob", "pw")
-    assert secrets.mirror_auth_header("https://elsewhere.example.com/w") is None
-    assert secrets.mirror_auth_header("https://mirror.example.com:8443/w") is None  # another port
-    assert secrets.remember_url_credentials("https://mirror.example.com/w") == "https://mirror.example.com/w"
+def test_credentials_in_a_mirror_url_are_dropped_not_used(clean_env, caplog):
+    caplog.set_level(logging.DEBUG)
+    assert secrets.clean_mirror_url("https://bob:pw0rd-77@mirror.example.com/w/") == "https://mirror.example.com/w/"
+    assert "ignored" in caplog.text and "pw0rd-77" not in caplog.text
+    assert secrets.mirror_auth_header("https://mirror.example.com/w") is None  # nothing kept from the URL
+    assert secrets.clean_mirror_url("https://mirror.example.com/w") == "https://mirror.example.com/w"
+    sas = "https://acct.blob.core.windows.net/w/?sv=2024-01-01&se=2030-01-01&sp=r&sig=AbCdEf0123456789abcdefGHIJKL%3D"
+    with pytest.raises(secrets.CredentialInURL) as info:
+        secrets.clean_mirror_url(sas)
+    assert "AbCdEf0123456789" not in str(info.value) and "SPARKVISION_WEIGHTS_MIRROR" in str(info.value)
 
 
 def test_mirror_auth_from_netrc(clean_env, tmp_path, caplog):
@@ -237,9 +239,6 @@ def test_mirror_auth_from_netrc(clean_env, tmp_path, caplog):
     clean_env.setenv("NETRC", str(netrc))
     assert secrets.mirror_auth_header("https://mirror.example.com/w") == _basic("carol", "n3trc")
     assert secrets.mirror_auth_header("https://other.example.com/w") is None
-    secrets.remember_url_credentials("https://dave:pw@mirror.example.com/")
-    assert secrets.mirror_auth_header("https://mirror.example.com/w") == _basic("dave", "pw")  # before netrc
-    secrets.forget_url_credentials()
     netrc.write_text("n3trc-broken mirror.example.com\n")  # unparsable: no header, and the file is not quoted
     assert secrets.mirror_auth_header("https://mirror.example.com/w") is None
     assert "n3trc" not in caplog.text

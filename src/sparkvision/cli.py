@@ -18,7 +18,6 @@ import sys
 from . import config as config_mod
 
 DEMO_OUTPUT = os.path.join("runs", "demo")
-PIPELINE = ("load", "featurize", "train", "evaluate", "run")
 
 
 def _common(p: argparse.ArgumentParser, data: bool, network: bool) -> None:
@@ -27,6 +26,8 @@ def _common(p: argparse.ArgumentParser, data: bool, network: bool) -> None:
                    help="override one config key, e.g. --set train.folds=5 (repeatable; the value is read as YAML)")
     p.add_argument("--output", help="output folder (config output.dir)")
     p.add_argument("--master", help="Spark master, e.g. local[2] or spark://host:7077 (config spark.master)")
+    p.add_argument("--remote", help="Spark Connect server, e.g. sc://localhost:15002 (config spark.remote; "
+                   "default $SPARK_REMOTE)")
     if data:
         p.add_argument("--images", help="folder with one sub-folder per class (config data.images)")
         p.add_argument("--manifest", help="CSV with columns path,label (config data.manifest)")
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # flag -> config key; values are set as typed (strings), never re-parsed as YAML.
-FLAGS = {"output": "output.dir", "master": "spark.master", "images": "data.images", "manifest": "data.manifest",
+FLAGS = {"output": "output.dir", "master": "spark.master", "remote": "spark.remote", "images": "data.images", "manifest": "data.manifest",
          "network": "network.name", "weights": "network.weights"}
 
 
@@ -79,13 +80,21 @@ def resolve_config(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.load(args.config, list(args.overrides), values)
 
 
-def _demo_defaults(cfg: config_mod.Config, args: argparse.Namespace) -> None:
-    """``run`` without input: the sample digits, written next to the run's output."""
+def _is_demo(cfg: config_mod.Config, args: argparse.Namespace) -> bool:
+    """``run`` without input: the demo, whose output defaults to runs/demo."""
+    if args.command != "run" or cfg["data"]["images"] or cfg["data"]["manifest"]:
+        return False
+    if not args.output and not (args.config or any(o.startswith("output.dir") for o in args.overrides)):
+        cfg["output"]["dir"] = DEMO_OUTPUT
+    return True
+
+
+def _demo_data(cfg: config_mod.Config) -> None:
+    """The sample digits, written into the run's output folder (under its lock: a second demo on the same
+    folder is refused before it touches the first one's images)."""
     from .layout import RunLayout
     from .sample_data import make_digits
 
-    if not args.output and not (args.config or any(o.startswith("output.dir") for o in args.overrides)):
-        cfg["output"]["dir"] = DEMO_OUTPUT
     dest = RunLayout(cfg["output"]["dir"]).sample_data
     make_digits(dest, clean=True)
     cfg["data"]["images"] = dest
@@ -124,8 +133,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     from .spark import spark_from_config
 
     cfg = resolve_config(args)
-    if args.command == "run" and not (cfg["data"]["images"] or cfg["data"]["manifest"]):
-        _demo_defaults(cfg, args)
+    demo = _is_demo(cfg, args)
     if args.command == "load" and not (cfg["data"]["images"] or cfg["data"]["manifest"]):
         raise config_mod.ConfigError("no input: give --images DIR or --manifest CSV (or data.* in --config)")
     if args.command == "predict":
@@ -138,6 +146,8 @@ def _pipeline(args: argparse.Namespace) -> int:
         return 0
     out = cfg["output"]["dir"]
     with pipeline.output_lock(out, args.command):
+        if demo:
+            _demo_data(cfg)
         spark = spark_from_config(cfg, args.verbose)
         if args.command == "run":
             pipeline.run_all(spark, cfg)
@@ -156,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     from .deploy import cli as deploy_cli
     from .deploy.clusters import ClusterSpecError
     from .loader import LoadError
-    from .models.weights import WeightsNotFoundError
+    from .featurizer import WeightsChecksumError
+    from .models.torch_legacy import CheckpointError
+    from .models.weights import ChecksumMismatchError, WeightsNotFoundError
     from .provenance import StaleOutput
     from .storage import OutputLocked
 
@@ -167,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             return _weights(args)
         return _pipeline(args)
     except (config_mod.ConfigError, ClusterSpecError, LoadError, FileNotFoundError, WeightsNotFoundError,
-            StaleOutput, OutputLocked) as exc:
+            StaleOutput, OutputLocked, CheckpointError, WeightsChecksumError, ChecksumMismatchError) as exc:
         print(f"sparkvision: error: {secrets.redact_text(str(exc))}", file=sys.stderr)
         return 2
 

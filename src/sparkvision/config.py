@@ -91,6 +91,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "spark": {
         "master": Field(None, str, nullable=True, rule="a Spark master URL such as local[2]"),
+        # Spark Connect (serverless, standard-access clusters, Databricks Connect): sc://host:port; null:
+        # $SPARK_REMOTE if set, else classic Spark.
+        "remote": Field(None, str, nullable=True, rule="a Spark Connect URL such as sc://localhost:15002"),
         "app_name": Field("sparkvision", str),
         "conf": Field({}, dict, lambda v: all(isinstance(k, str) for k in v), "a mapping of Spark settings"),
     },
@@ -186,15 +189,12 @@ def validate(cfg: Config) -> None:
         registry.get(cfg["network"]["name"])
     except KeyError as exc:
         raise ConfigError(f"config key 'network.name': {exc.args[0]}") from None
-    mirror = cfg["network"]["mirror_url"]
-    if mirror and "@" in mirror.split("://", 1)[-1].split("/", 1)[0]:
-        # Credentials in the URL work for this process only and are never written anywhere: kept in
-        # memory, the URL stored without them. Workers and later runs take them from the environment/netrc.
-        from . import secrets
+    from . import secrets
 
-        cfg["network"]["mirror_url"] = secrets.remember_url_credentials(mirror)
-        log.warning("network.mirror_url: credentials in the URL are used by this process only and never saved; "
-                    "set SPARKVISION_WEIGHTS_MIRROR_TOKEN (or USER/PASSWORD, or ~/.netrc) for workers and later runs")
+    try:  # credentials never come from (nor stay in) the URL: see secrets.clean_mirror_url
+        cfg["network"]["mirror_url"] = secrets.clean_mirror_url(cfg["network"]["mirror_url"])
+    except secrets.CredentialInURL as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def dump(cfg: Config) -> str:

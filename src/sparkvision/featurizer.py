@@ -126,7 +126,7 @@ class DeepImageFeaturizer(Transformer, _FeaturizerParams, DefaultParamsReadable,
         if kwargs.get("mirrorUrl"):
             from . import secrets
 
-            kwargs["mirrorUrl"] = secrets.remember_url_credentials(kwargs["mirrorUrl"])  # never persisted
+            kwargs["mirrorUrl"] = secrets.clean_mirror_url(kwargs["mirrorUrl"], "mirrorUrl")  # saved: no credentials
         return self._set(**{k: v for k, v in kwargs.items() if v is not None})
 
     def spec(self) -> registry.ModelSpec:

@@ -28,6 +28,9 @@ MARKER = "_sparkvision.json"
 class _At:
     """A file or folder of a layout, at ``parts`` below its ``out`` folder."""
 
+    def __set_name__(self, owner, name):
+        owner._names = getattr(owner, "_names", ()) + (self.parts,)
+
     def __init__(self, *parts: str):
         self.parts = parts
 
@@ -56,22 +59,46 @@ class RunLayout:
     split = _At("split.parquet")
     model = _At("model")
     train = _At("train.json")
-    # evaluate
+    # evaluate: one folder, written whole (see EvaluationLayout)
     evaluation = _At("evaluation")
-    metrics = _At("evaluation", "metrics.json")
-    report = _At("evaluation", "report.md")
-    confusion_matrix_png = _At("evaluation", "confusion_matrix.png")
-    roc_curve_png = _At("evaluation", "roc_curve.png")
     sample_data = _At("sample_data", "digits")  # the demo's generated images (``run`` without input)
 
     @property
-    def predictions(self) -> "PredictionLayout":
-        """Evaluation's predictions on the test split (same files as ``sparkvision predict`` writes)."""
-        return PredictionLayout(self.evaluation)
+    def evaluated(self) -> "EvaluationLayout":
+        return EvaluationLayout(self.evaluation)
+
+    @property
+    def metrics(self) -> str:
+        return self.evaluated.metrics
+
+    @property
+    def report(self) -> str:
+        return self.evaluated.report
+
+    def leftover_names(self) -> set[str]:
+        """Names this layout writes directly in ``out``: what an interrupted run may have left staged there."""
+        return {parts[0] for parts in self._names}
 
     def record(self, stage: str) -> str:
         """The JSON a stage writes last, as its commit record (holds its fingerprint)."""
         return {"load": self.load, "featurize": self.featurize, "train": self.train, "evaluate": self.metrics}[stage]
+
+
+@dataclass(frozen=True)
+class EvaluationLayout:
+    """What ``sparkvision evaluate`` writes into ``OUT/evaluation`` (staged beside it, then swapped in whole)."""
+
+    out: str
+
+    metrics = _At("metrics.json")
+    report = _At("report.md")
+    confusion_matrix_png = _At("confusion_matrix.png")
+    roc_curve_png = _At("roc_curve.png")
+
+    @property
+    def predictions(self) -> "PredictionLayout":
+        """Predictions on the test split: the same files as ``sparkvision predict`` writes."""
+        return PredictionLayout(self.out)
 
 
 @dataclass(frozen=True)
@@ -84,6 +111,8 @@ class PredictionLayout:
     csv = _At("predictions.csv")
     rejected_csv = _At("rejected.csv")
     summary = _At("predict.json")
+
+    leftover_names = RunLayout.leftover_names
 
 
 # README's stage table: (command, reads, writes); a test keeps README in step with it.

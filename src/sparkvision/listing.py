@@ -55,13 +55,14 @@ def _walk_local(root: str):
     def uri(path: str) -> str:
         return "file:" + path
 
-    seen = {os.path.realpath(root): ""}
-    stack = [(root, "")]
+    # Depth first, each folder with the real paths of the folders above it: a link to one of those is a
+    # loop (reported once, not followed); any other folder link is listed where it is, as find -L does.
+    stack = [(root, "", (os.path.realpath(root),), ("",))]
     while stack:
-        folder, rel = stack.pop()
+        folder, rel, above, above_rel = stack.pop()
         try:
             with os.scandir(folder) as it:
-                children = sorted(it, key=lambda d: d.name)
+                children = sorted(it, key=lambda d: d.name, reverse=True)
         except OSError as exc:
             yield Entry(rel + "/", uri(folder), None, None, f"folder not readable: {exc.strerror or exc}")
             continue
@@ -79,12 +80,12 @@ def _walk_local(root: str):
                 continue
             if stat.S_ISDIR(st.st_mode):
                 real = os.path.realpath(child.path)
-                if real in seen:
+                if real in above:
+                    target = above_rel[above.index(real)]
                     yield Entry(child_rel + "/", uri(child.path), None, None,
-                                f"symlink loop: folder already listed as '{seen[real] or '.'}'")
+                                f"symlink loop: links back to '{target or '.'}', a folder above it")
                     continue
-                seen[real] = child_rel
-                stack.append((child.path, child_rel))
+                stack.append((child.path, child_rel, above + (real,), above_rel + (child_rel,)))
             elif stat.S_ISREG(st.st_mode):
                 yield Entry(child_rel, uri(child.path), st.st_size, st.st_mtime_ns)
             else:
@@ -137,6 +138,9 @@ def file_reason(path: str, size: int | None, extensions, max_bytes: int, max_mb:
 
 
 def label_of(image_id: str) -> str | None:
-    """The class of a listed file: its first folder below the root (None at the root)."""
+    """The class of a listed file: its first folder below the root (None at the root, in a system folder,
+    and for a folder-level row: an unreadable folder or a loop is not an image of a class)."""
     parts = image_id.split("/")
-    return parts[0] if len(parts) > 1 and not is_system_folder(parts[0]) else None
+    if len(parts) < 2 or image_id.endswith("/") or is_system_folder(parts[0]):
+        return None
+    return parts[0]

@@ -26,6 +26,7 @@ from pyspark.sql import types as T
 
 from . import images as imglib
 from . import listing, storage
+from .layout import join
 from .columns import CONTENT, HEIGHT, IMAGE_COLUMNS, IMAGE_ID, LABEL, LABEL_INDEX, PATH, REASON, REJECTED_COLUMNS, WIDTH
 
 READ_SCHEMA = T.StructType([
@@ -42,7 +43,7 @@ ENTRY_SCHEMA = T.StructType([
 ])
 # Bytes of candidate images per read task (tasks are balanced by count; this only sets how many).
 BYTES_PER_TASK = 128 * 2**20
-ACCEPTED = "accepted"
+ACCEPTED = "accepted"  # the staging table's partition column (images.parquet / rejected rows)
 
 
 class LoadError(ValueError):
@@ -275,7 +276,7 @@ class Staged:
 
     @property
     def accepted_part(self) -> str:
-        return f"{self.staging}/{ACCEPTED}=true"
+        return join(self.staging, f"{ACCEPTED}=true")
 
 
 def stage(spark: SparkSession, inv: Inventory, data_cfg: dict, target: str) -> Staged:
@@ -288,8 +289,8 @@ def stage(spark: SparkSession, inv: Inventory, data_cfg: dict, target: str) -> S
     except BaseException:
         storage.delete(tmp)
         raise
-    images = spark.read.parquet(f"{tmp}/{ACCEPTED}=true").select(*IMAGE_COLUMNS)
-    part = f"{tmp}/{ACCEPTED}=false"
+    images = spark.read.parquet(join(tmp, f"{ACCEPTED}=true")).select(*IMAGE_COLUMNS)
+    part = join(tmp, f"{ACCEPTED}=false")
     rejected = (spark.read.parquet(part).select(*REJECTED_COLUMNS) if storage.exists(part)
                 else spark.createDataFrame([], ", ".join(f"{c} string" for c in REJECTED_COLUMNS)))
     return Staged(tmp, LoadResult(images, rejected, classes, len(inv.rows), n_accepted, n_rejected))

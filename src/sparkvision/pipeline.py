@@ -19,10 +19,10 @@ from pyspark.sql import functions as F
 
 from . import evaluate as ev
 from . import loader, predict as pr, provenance, storage
-from .columns import FEATURE_COLUMNS, FEATURES, FEATURIZE_ERROR, IMAGE_ID, LABEL, LABEL_INDEX, SPLIT
+from .columns import CONTENT, FEATURE_COLUMNS, FEATURES, FEATURIZE_ERROR, IMAGE_ID, LABEL, LABEL_INDEX, SPLIT
 from .config import Config, dump
 from .featurizer import DeepImageFeaturizer
-from .layout import PredictionLayout, RunLayout
+from .layout import EvaluationLayout, PredictionLayout, RunLayout
 from .spark import default_parallelism, describe_jobs, num_partitions
 from .split import TEST, TRAIN, split_report, stratified_split
 from .train import assemble, classify_features, tune
@@ -38,8 +38,9 @@ def layout_of(cfg: Config) -> RunLayout:
 def output_lock(out: str, command: str):
     """Hold an output folder for one command: refuse a second run on it, clean what an interrupted one left."""
     storage.makedirs(out)
+    lay = PredictionLayout(out) if command == "predict" else RunLayout(out)
     with storage.run_lock(RunLayout(out).lock, command):
-        for path in storage.clean_leftovers(out):
+        for path in storage.clean_leftovers(out, lay.leftover_names()):
             log.info("removed %s, left by an interrupted run", path)
         yield
 
@@ -47,7 +48,7 @@ def output_lock(out: str, command: str):
 def make_featurizer(cfg: Config) -> DeepImageFeaturizer:
     n, f = cfg["network"], cfg["featurize"]
     return DeepImageFeaturizer(
-        inputCol="content", outputCol=FEATURES, modelName=n["name"], weightsPath=n["weights"], cacheDir=n["cache_dir"],
+        inputCol=CONTENT, outputCol=FEATURES, modelName=n["name"], weightsPath=n["weights"], cacheDir=n["cache_dir"],
         mirrorUrl=n["mirror_url"], allowDownload=n["download"], batchSize=f["batch_size"], numThreads=f["threads"],
         maxPixels=cfg["data"]["max_pixels"],
     )
@@ -74,7 +75,7 @@ def featurize_tasks(spark: SparkSession, cfg: Config, images: DataFrame) -> tupl
 
 
 @contextmanager
-def _beside(fn, *args):
+def _beside(spark: SparkSession, fn, *args):
     """Run ``fn(*args)`` on a thread that carries this one's Spark job settings, while the ``with``
     body runs; wait for it on the way out and raise its error, unless the body raised first."""
     failure: list[BaseException] = []
@@ -86,7 +87,7 @@ def _beside(fn, *args):
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             failure.append(exc)
 
-    thread = InheritableThread(target=run, name="sparkvision-beside")
+    thread = InheritableThread(target=run, name="sparkvision-beside", session=spark)
     thread.start()
     try:
         yield result
@@ -151,7 +152,7 @@ def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
         counts, F.count(F.lit(1)).alias("images"), F.count_if(failed).alias("failed"),
         F.first(F.when(failed, F.concat_ws(": ", IMAGE_ID, FEATURIZE_ERROR)), ignorenulls=True).alias("example"))
     # Saving the featurizer's parameters is a small Spark job of its own: run it beside the big one.
-    with _beside(storage.save_ml, featurizer, lay.featurizer, marker) as saved:
+    with _beside(spark, storage.save_ml, featurizer, lay.featurizer, marker) as saved:
         features_tmp = storage.staged_parquet(featurized.select(*FEATURE_COLUMNS), lay.features,
                                               storage.VECTOR_PARQUET_OPTIONS, marker)
     featurizer_tmp = saved[0]
@@ -236,12 +237,19 @@ def stage_evaluate(spark: SparkSession, cfg: Config, which: str = TEST) -> dict:
     metrics = ev.metrics_from_arrays(y, yhat, proba, classes, trained["majority_class"])
     metrics.update({"split": which, "model": featurized["model"],
                     "inputs": {"train": trained["fingerprint"], "featurize": featurized["fingerprint"]}})
-    storage.makedirs(lay.evaluation)
-    storage.write_bytes(lay.confusion_matrix_png, ev.plot_confusion_matrix(metrics["confusion_matrix"], classes))
-    storage.write_bytes(lay.roc_curve_png, ev.plot_roc(y, proba, classes))
-    pr.write_predictions(ev.predictions_table(predictions).orderBy(IMAGE_ID), lay.predictions)
-    storage.write_text(lay.report, ev.report_markdown(metrics, trained["split"], trained["tuning"]))
-    storage.write_json(lay.metrics, metrics)
+    # The whole folder is written beside evaluation/ and swapped in: a failed evaluate leaves the old one.
+    tmp = storage.staging(lay.evaluation)
+    ev_out = EvaluationLayout(tmp)
+    try:
+        storage.makedirs(tmp)
+        storage.write_bytes(ev_out.confusion_matrix_png, ev.plot_confusion_matrix(metrics["confusion_matrix"], classes))
+        storage.write_bytes(ev_out.roc_curve_png, ev.plot_roc(y, proba, classes))
+        pr.write_predictions(ev.predictions_table(predictions).orderBy(IMAGE_ID), ev_out.predictions)
+        storage.write_text(ev_out.report, ev.report_markdown(metrics, trained["split"], trained["tuning"]))
+        storage.write_json(ev_out.metrics, metrics)
+        storage.replace_with(tmp, lay.evaluation)
+    finally:
+        storage.delete(tmp)
     auc = "n/a" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.4f}"
     log.info("evaluate: accuracy %.4f (baseline %.4f), ROC AUC %s; report %s", metrics["accuracy"],
              metrics["baseline_accuracy"], auc, lay.report)

@@ -8,8 +8,8 @@ and must never reach logs, configs, model metadata, images or reports. This modu
   (:func:`find_credentials`, used to refuse cluster specs and bundles that hold secrets);
 * redacts them from text (:func:`redact_text`), nested data (:func:`redact`) and log records
   (:class:`RedactingFilter`, :func:`install_log_redaction`);
-* supplies the weights mirror's credentials (:func:`mirror_auth_header`) from the environment, from
-  credentials given in a URL for this process only (:func:`remember_url_credentials`), or from netrc.
+* supplies the weights mirror's credentials (:func:`mirror_auth_header`) from the environment or netrc,
+  never from the URL (:func:`clean_mirror_url` drops them from it).
 
 Databricks secret references (``{{secrets/scope/key}}``) are not credentials: they are the way to
 name one.
@@ -23,7 +23,6 @@ import logging
 import netrc
 import os
 import re
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -250,40 +249,29 @@ def strip_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
     return clean, (unquote(user), unquote(password))
 
 
-def _host_key(url: str) -> str | None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if not parts.hostname:
-        return None
-    port = port or {"http": 80, "https": 443, "ftp": 21}.get(parts.scheme.lower())
-    return f"{parts.hostname.lower()}:{port}"
+class CredentialInURL(ValueError):
+    """A URL setting carries a signature that cannot be separated from it (SAS, presigned query)."""
 
 
-_REMEMBERED: dict[str, tuple[str, str]] = {}
-_LOCK = threading.Lock()
+def clean_mirror_url(url: str | None, origin: str = "network.mirror_url") -> str | None:
+    """``url`` without credentials, as a mirror URL may be stored, logged and saved.
 
-
-def remember_url_credentials(url: str) -> str:
-    """Keep credentials from ``url``'s userinfo in this process's memory (by host:port) for
-    :func:`mirror_auth_header`; return the URL without them. Nothing is written anywhere."""
+    Credentials in the userinfo (``https://user:token@host/``) are dropped with a warning: a mirror's
+    credentials come from the environment or netrc (:func:`mirror_auth_header`), never from the URL. A
+    signed query string (SAS, presigned URL) is refused: it is the credential and the address at once.
+    """
     if not url:
         return url
     clean, creds = strip_userinfo(url)
     if creds and any(creds):
-        key = _host_key(clean)
-        if key:
-            with _LOCK:
-                _REMEMBERED[key] = creds
+        log.warning("%s: credentials in the URL are ignored (never used, saved or shown); set %s (or %s and %s) "
+                    "or a ~/.netrc entry for the mirror's host", origin, MIRROR_TOKEN_ENV, MIRROR_USER_ENV,
+                    MIRROR_PASSWORD_ENV)
+    if looks_like_secret(clean):
+        raise CredentialInURL(f"{origin}: the URL carries a signed query string ({redact_text(clean)}): give the "
+                              f"mirror's credentials in {MIRROR_TOKEN_ENV} or ~/.netrc, or pass the signed URL "
+                              "in $SPARKVISION_WEIGHTS_MIRROR only (the environment is never saved)")
     return clean
-
-
-def forget_url_credentials() -> None:
-    """Drop every credential :func:`remember_url_credentials` kept (tests, long-lived processes)."""
-    with _LOCK:
-        _REMEMBERED.clear()
 
 
 def basic_auth_header(user: str, password: str) -> str:
@@ -314,8 +302,7 @@ def mirror_auth_header(url: str) -> str | None:
     """The ``Authorization`` header for the weights mirror at ``url``, or None.
 
     From the environment (``SPARKVISION_WEIGHTS_MIRROR_TOKEN`` -> Bearer, or
-    ``SPARKVISION_WEIGHTS_MIRROR_USER`` + ``SPARKVISION_WEIGHTS_MIRROR_PASSWORD`` -> Basic), then
-    credentials remembered from a URL in this process (:func:`remember_url_credentials`), then the
+    ``SPARKVISION_WEIGHTS_MIRROR_USER`` + ``SPARKVISION_WEIGHTS_MIRROR_PASSWORD`` -> Basic), then the
     netrc file (``$NETRC`` or ``~/.netrc``) entry for the URL's host. The environment's credentials
     are for the mirror only: callers send the header to the mirror's origin and nowhere else.
     """
@@ -325,11 +312,6 @@ def mirror_auth_header(url: str) -> str | None:
     user, password = os.environ.get(MIRROR_USER_ENV), os.environ.get(MIRROR_PASSWORD_ENV)
     if user and password is not None:
         return basic_auth_header(user, password)
-    key = _host_key(url)
-    with _LOCK:
-        remembered = _REMEMBERED.get(key) if key else None
-    if remembered:
-        return basic_auth_header(*remembered)
     return _netrc_auth(url)
 
 

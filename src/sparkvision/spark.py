@@ -35,22 +35,42 @@ def quiet(verbose: bool = False) -> None:
         os.environ.setdefault(key, value)
 
 
+def remote_url(remote: str | None = None) -> str | None:
+    """The Spark Connect URL to use: ``remote`` (``--remote``, ``spark.remote``), else ``$SPARK_REMOTE``."""
+    return remote or os.environ.get("SPARK_REMOTE") or None
+
+
 def get_spark(master: str | None = None, app_name: str = "sparkvision", conf: dict | None = None,
-              verbose: bool = False):
-    """Return the active session, or start one (``master=None``: spark-submit's, else local[*])."""
-    from pyspark import SparkConf, SparkContext
+              verbose: bool = False, remote: str | None = None):
+    """Return the active session, or start one: over Spark Connect when ``remote`` (or ``$SPARK_REMOTE``)
+    names a server (``sc://host:port``; ``local[N]`` starts one in this process), else classic
+    (``master=None``: spark-submit's master, else local[*])."""
     from pyspark.sql import SparkSession
 
+    quiet(verbose)
+    # Python workers must run this interpreter (the venv's), not the first python3 on PATH (a local Spark
+    # Connect server started here too).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    url = remote_url(remote)
+    if url:
+        return _connect(url, master, app_name, conf)
+    from pyspark.sql.utils import is_remote as connect_mode
+
+    if connect_mode():  # a Spark Connect environment (Databricks serverless, standard access mode): its session
+        spark = SparkSession.builder.getOrCreate()
+        for key, value in {**SESSION_DEFAULTS, **{k: str(v) for k, v in (conf or {}).items()}}.items():
+            if key.startswith("spark.sql."):
+                spark.conf.set(key, value)
+        return spark
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    quiet(verbose)
-    # Python workers must run this interpreter (the venv's), not the first python3 on PATH.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark import SparkConf, SparkContext
+
     explicit = {k: str(v) for k, v in (conf or {}).items()}
     if master:
         explicit["spark.master"] = master
-    launch = dict(explicit)
+    launch = launch_settings(explicit)
     if not verbose and "spark.driver.extraJavaOptions" not in launch:
         # Our log4j profile, and no attempt to load a native BLAS (netlib prints its dlopen failure itself;
         # Spark ML's Java BLAS is what runs either way on machines without one).
@@ -76,20 +96,76 @@ def get_spark(master: str | None = None, app_name: str = "sparkvision", conf: di
     return spark
 
 
+def launch_settings(explicit: dict[str, str]) -> dict[str, str]:
+    """The settings the JVM is launched with: they become ``--conf`` arguments on its command line (``ps``,
+    ``/proc``), so credential settings (``fs.s3a.secret.key``, ...) are left out here and set on the
+    session's SparkConf in this process only."""
+    from .secrets import is_secret_setting
+
+    return {k: v for k, v in explicit.items() if not is_secret_setting(k, v)}
+
+
+def _connect(url: str, master: str | None, app_name: str, conf: dict | None):
+    """A Spark Connect session. The server owns the cluster: a master or static settings cannot be chosen
+    from here, so they are refused rather than ignored; runtime SQL settings are set on the session."""
+    from pyspark.sql import SparkSession
+
+    if master:
+        from .config import ConfigError
+
+        raise ConfigError(f"spark.master {master!r} and Spark Connect ({url}) are both set: over Spark Connect the "
+                         "server decides where jobs run; drop --master / spark.master, or --remote / SPARK_REMOTE")
+    builder = SparkSession.builder.remote(url).appName(app_name)
+    if url.startswith("local"):  # a server started here: it takes static settings like any local session
+        for key, value in {**SESSION_DEFAULTS, **{k: str(v) for k, v in (conf or {}).items()}}.items():
+            builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    if not url.startswith("local"):
+        for key, value in {**SESSION_DEFAULTS, **{k: str(v) for k, v in (conf or {}).items()}}.items():
+            if key.startswith("spark.sql."):
+                spark.conf.set(key, value)
+    return spark
+
+
 def spark_from_config(cfg, verbose: bool = False):
     s = cfg["spark"]
-    return get_spark(s["master"], s["app_name"], s["conf"], verbose)
+    return get_spark(s["master"], s["app_name"], s["conf"], verbose, s.get("remote"))
+
+
+def is_remote(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no SparkContext, no RDDs, no JVM in this process)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+_PARALLELISM: dict[int, int] = {}
 
 
 def default_parallelism(spark) -> int:
-    """The session's default parallelism (total executor cores)."""
-    return spark.sparkContext.defaultParallelism
+    """The session's default parallelism (total executor cores). Over Spark Connect, the number of tasks
+    Spark gives a range without a partition count (one tiny job, remembered per session)."""
+    if not is_remote(spark):
+        return spark.sparkContext.defaultParallelism
+    key = id(spark)
+    if key not in _PARALLELISM:
+        from pyspark.sql import functions as F
+
+        _PARALLELISM[key] = spark.range(0, 1 << 16).select(F.spark_partition_id()).distinct().count()
+    return _PARALLELISM[key]
 
 
 def num_partitions(df) -> int:
-    return df.rdd.getNumPartitions()
+    """How many tasks a scan of ``df`` makes. Over Spark Connect: counted with a job that reads no column."""
+    if not is_remote(df.sparkSession):
+        return df.rdd.getNumPartitions()
+    from pyspark.sql import functions as F
+
+    return df.select(F.spark_partition_id().alias("p")).distinct().count()
 
 
 def describe_jobs(spark, stage: str) -> None:
-    """Name the Spark jobs of a stage (UI, event log): ``sparkvision featurize``."""
-    spark.sparkContext.setJobDescription(f"sparkvision {stage}")
+    """Name the Spark jobs of a stage (UI, event log): ``sparkvision featurize``; a job tag over Connect."""
+    if is_remote(spark):
+        spark.clearTags()
+        spark.addTag(f"sparkvision-{stage}")
+    else:
+        spark.sparkContext.setJobDescription(f"sparkvision {stage}")

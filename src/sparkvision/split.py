@@ -10,6 +10,8 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from .columns import FOLD, IMAGE_ID, LABEL, SPLIT
+
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
 
@@ -32,8 +34,8 @@ def stratified_split(
     test_fraction: float,
     validation_fraction: float = 0.0,
     seed: int = 12,
-    key: str = "image_id",
-    label: str = "label",
+    key: str = IMAGE_ID,
+    label: str = LABEL,
 ) -> DataFrame:
     """``df`` plus a ``split`` column: ``train``, ``validation`` or ``test``."""
     ranked = _rank_in_class(df, seed, key, label)
@@ -44,18 +46,18 @@ def stratified_split(
         .when(F.col("_rank") <= n_test + n_val, F.lit(VALIDATION))
         .otherwise(F.lit(TRAIN))
     )
-    return df.join(ranked.select(key, label, split.alias("split")), [key, label])
+    return df.join(ranked.select(key, label, split.alias(SPLIT)), [key, label])
 
 
-def assign_folds(df: DataFrame, folds: int, seed: int, key: str = "image_id", label: str = "label") -> DataFrame:
+def assign_folds(df: DataFrame, folds: int, seed: int, key: str = IMAGE_ID, label: str = LABEL) -> DataFrame:
     """``df`` plus an integer ``fold`` column in ``[0, folds)``, stratified by class."""
     ranked = _rank_in_class(df, seed, key, label)
-    return df.join(ranked.select(key, label, ((F.col("_rank") - 1) % folds).cast("int").alias("fold")), [key, label])
+    return df.join(ranked.select(key, label, ((F.col("_rank") - 1) % folds).cast("int").alias(FOLD)), [key, label])
 
 
-def split_report(df: DataFrame, label: str = "label") -> dict[str, dict[str, int]]:
+def split_report(df: DataFrame, label: str = LABEL) -> dict[str, dict[str, int]]:
     """``{class: {train: n, validation: n, test: n}}``."""
     report: dict[str, dict[str, int]] = {}
-    for row in df.groupBy(label, "split").count().collect():
-        report.setdefault(row[label], {TRAIN: 0, VALIDATION: 0, TEST: 0})[row["split"]] = row["count"]
+    for row in df.groupBy(label, SPLIT).count().collect():
+        report.setdefault(row[label], {TRAIN: 0, VALIDATION: 0, TEST: 0})[row[SPLIT]] = row["count"]
     return dict(sorted(report.items()))

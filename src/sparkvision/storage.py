@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -230,7 +231,7 @@ def staged_parquet(df, uri: str, options: dict[str, str] | None = None, marker: 
                    partition_by: str | None = None) -> str:
     """Write ``df`` to a staging folder beside ``uri`` and return it (for callers that check before swapping)."""
     tmp = staging(uri)
-    writer = df.write.mode("errorifexists").options(**(options or {}))
+    writer = df.write.mode("error").options(**(options or {}))
     if partition_by:
         writer = writer.partitionBy(partition_by)
     writer.parquet(tmp)
@@ -248,15 +249,18 @@ def save_ml(stage, uri: str, marker: dict | None = None) -> str:
     return tmp
 
 
-def clean_leftovers(folder: str) -> list[str]:
-    """Remove staging and moved-aside folders that an interrupted run left in ``folder`` (and one level down)."""
+_LEFTOVER = re.compile(r"^(?P<name>.+)\.(tmp|old)-[0-9a-f]{8}$")
+
+
+def clean_leftovers(folder: str, names: set[str]) -> list[str]:
+    """Remove what an interrupted run left in ``folder``: ``NAME.tmp-xxxxxxxx`` (staging) and
+    ``NAME.old-xxxxxxxx`` (moved aside) for the ``names`` the run's layout writes there, nothing else."""
     removed = []
-    for sub in ("", "evaluation"):
-        base = join(folder, sub) if sub else folder
-        for name in listdir(base):
-            if ".tmp-" in name or ".old-" in name:
-                delete(join(base, name))
-                removed.append(join(base, name))
+    for entry in listdir(folder):
+        m = _LEFTOVER.match(entry)
+        if m and m.group("name") in names:
+            delete(join(folder, entry))
+            removed.append(join(folder, entry))
     return removed
 
 

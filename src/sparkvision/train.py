@@ -4,8 +4,11 @@ Tuning is k-fold cross-validation over ``regParam x elasticNetParam x maxIter`` 
 rows only (stratified folds via ``foldCol``); features are computed once, before, and persisted:
 no grid point ever re-runs the CNN. Spark ML's solver costs a Spark job per iteration (seconds per
 fit on small data), so by default each (grid point, fold) is scored in its own Spark task by an
-in-process solver of the same objective, and only the winner is fit by Spark ML. The saved ``PipelineModel`` is featurizer + classifier +
-``IndexToString``, so it predicts straight from raw image bytes.
+in-process solver of the same objective, and the winner's solution becomes the classifier
+(:class:`sparkvision.logistic.LogisticModel`, Spark SQL expressions only: the same on classic Spark
+and over Spark Connect). With ``train.tuning: spark`` (or features too large to collect), Spark ML's
+CrossValidator tunes and its LogisticRegressionModel is the classifier. The saved ``PipelineModel`` is
+featurizer + classifier + ``IndexToString``, so it predicts straight from raw image bytes.
 """
 
 from __future__ import annotations
@@ -27,18 +30,21 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import DataFrame
 
 from . import local_lr
+from .columns import FEATURES, FOLD, IMAGE_ID, LABEL_INDEX, PREDICTED_LABEL, PREDICTION
+from .columns import LABEL as LABEL_NAME
 from .featurizer import DeepImageFeaturizer
+from .spark import default_parallelism, is_remote
 from .split import assign_folds
 
 log = logging.getLogger(__name__)
 
-FEATURES, LABEL = "features", "label_index"
+LABEL = LABEL_INDEX
 ROWS_PER_PARTITION = 20_000
 
 
 @dataclass
 class TuningResult:
-    model: LogisticRegressionModel
+    model: "LogisticRegressionModel | LogisticModel"  # noqa: F821 - Spark's (engine spark) or ours (local)
     best_params: dict
     grid: list[dict]           # one entry per grid point: params, mean and std of the CV metric
     metric: str
@@ -75,17 +81,17 @@ def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningRe
     """Cross-validate the grid on ``train_features`` (never the test rows) and refit the best point.
 
     ``train.tuning``: ``local`` scores every (grid point, fold) in its own Spark task with
-    :mod:`sparkvision.local_lr` (Spark's objective, solved in-process), then refits the winner with
-    Spark ML, warm-started from the in-process solution; ``spark`` runs Spark ML's CrossValidator;
-    ``auto`` picks ``local`` when the training features fit ``train.local_max_mb``.
+    :mod:`sparkvision.local_lr` (Spark's objective, solved in-process) and solves the winner once more on
+    all training rows; ``spark`` runs Spark ML's CrossValidator; ``auto`` picks ``local`` when the training
+    features fit ``train.local_max_mb`` (and, over Spark Connect, :data:`CONNECT_LOCAL_MAX_BYTES`).
     """
     started = time.time()
     lr = make_classifier(n_classes, train_cfg["standardization"])
     grid = param_grid(lr, train_cfg)
-    data = assign_folds(train_features.select("image_id", "label", LABEL, FEATURES), train_cfg["folds"],
+    data = assign_folds(train_features.select(IMAGE_ID, LABEL_NAME, LABEL, FEATURES), train_cfg["folds"],
                         train_cfg["seed"])
     # LR runs one Spark job per iteration: for small data, task overhead dominates, so use few partitions.
-    parallel = data.sparkSession.sparkContext.defaultParallelism
+    parallel = default_parallelism(data.sparkSession)
     rows = data.count()
     data = data.coalesce(max(1, min(parallel, math.ceil(rows / ROWS_PER_PARTITION)))).persist(
         StorageLevel.MEMORY_AND_DISK
@@ -96,7 +102,7 @@ def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningRe
     dim = len(data.first()[FEATURES])
     engine = train_cfg["tuning"]
     if engine == "auto":
-        engine = "local" if rows * dim * 8 <= train_cfg["local_max_mb"] * 2**20 else "spark"
+        engine = "local" if local_fits(rows, dim, train_cfg, is_remote(data.sparkSession)) else "spark"
     log.info("tuning %d grid points x %d folds on %d training rows (%s)", len(grid), train_cfg["folds"], rows, engine)
     tuned = (_tune_local if engine == "local" else _tune_spark)(lr, grid, data, n_classes, train_cfg)
     data.unpersist()
@@ -112,7 +118,7 @@ def _tune_spark(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):
     evaluator = MulticlassClassificationEvaluator(labelCol=LABEL, metricName=train_cfg["metric"])
     # Small fits are latency-bound (a Spark job per iteration): run the grid points concurrently.
     cv = CrossValidator(
-        estimator=lr, estimatorParamMaps=grid, evaluator=evaluator, foldCol="fold",
+        estimator=lr, estimatorParamMaps=grid, evaluator=evaluator, foldCol=FOLD,
         numFolds=train_cfg["folds"], seed=train_cfg["seed"], parallelism=len(grid),
     )
     cv_model = cv.fit(data)
@@ -121,66 +127,70 @@ def _tune_spark(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):
     return cv_model.bestModel, rows
 
 
+# Over Spark Connect the training arrays travel inside the scoring function, within the plan, whose size
+# the server bounds (spark.connect.grpc.maxInboundMessageSize, 128 MB by default); above this the grid is
+# tuned by CrossValidator instead. Classic Spark broadcasts a large function itself.
+CONNECT_LOCAL_MAX_BYTES = 64 * 2**20
+
+
+def local_fits(rows: int, dim: int, train_cfg: dict, remote: bool) -> bool:
+    """Whether the in-process engine may take training features of ``rows x dim``."""
+    size = rows * dim * 8
+    return size <= train_cfg["local_max_mb"] * 2**20 and (not remote or size // 2 <= CONNECT_LOCAL_MAX_BYTES)
+
+
 def _tune_local(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):
-    """One Spark task per (grid point, fold) on broadcast features; the winner refit by Spark ML."""
+    """One Spark task per (grid point, fold) scores the point with the in-process solver; the winner is
+    solved once more on all training rows, here, and becomes the model (:class:`sparkvision.logistic.LogisticModel`).
+
+    The same code runs on classic Spark and over Spark Connect: the tasks are a small DataFrame, the
+    training arrays go with the scoring function (PySpark broadcasts a large function itself)."""
+    import pandas as pd
     from pyspark.ml.functions import vector_to_array
 
-    collected = data.select(vector_to_array(FEATURES, "float32").alias("x"), LABEL, "fold").collect()
+    from .logistic import LogisticModel
+
+    # In image_id order: the solver's sums then do not depend on how the rows were partitioned.
+    collected = (data.select(IMAGE_ID, vector_to_array(FEATURES, "float32").alias("x"), LABEL, FOLD)
+                 .orderBy(IMAGE_ID).collect())
     x = np.array([r["x"] for r in collected], dtype=np.float32)
     y = np.array([int(r[LABEL]) for r in collected], dtype=np.int64)
-    fold = np.array([r["fold"] for r in collected], dtype=np.int64)
+    fold = np.array([r[FOLD] for r in collected], dtype=np.int64)
     points = [_point(params) for params in grid]
     folds, metric, standardize = train_cfg["folds"], train_cfg["metric"], train_cfg["standardization"]
-    sc = data.sparkSession.sparkContext
-    shared = sc.broadcast((x, y, fold))
 
-    def score(task):
+    def score(batches):
         from pyspark import TaskContext
 
         from sparkvision.local_lr import fit, metric as metric_of
 
-        point, k = task
-        xs, ys, fs = shared.value
-        p = points[point]
-        with _blas_threads(TaskContext.get().cpus() if TaskContext.get() else 1):
-            model = fit(xs[fs != k], ys[fs != k], n_classes, p["reg_param"], p["elastic_net_param"],
-                        p["max_iter"], standardize)
-            return point, k, metric_of(metric, ys[fs == k], model.probabilities(xs[fs == k].astype(np.float64)))
+        ctx = TaskContext.get()
+        for batch in batches:
+            out = []
+            for point, k in zip(batch["point"], batch["fold"]):
+                p = points[point]
+                with _blas_threads(ctx.cpus() if ctx else 1):
+                    model = fit(x[fold != k], y[fold != k], n_classes, p["reg_param"], p["elastic_net_param"],
+                                p["max_iter"], standardize)
+                    value = metric_of(metric, y[fold == k], model.probabilities(x[fold == k].astype(np.float64)))
+                out.append((int(point), int(k), float(value)))
+            yield pd.DataFrame(out, columns=["point", "fold", "value"])
 
+    spark = data.sparkSession
     tasks = [(i, k) for i in range(len(points)) for k in range(folds)]
-    scores = sc.parallelize(tasks, len(tasks)).map(score).collect()
-    shared.unpersist()
+    scores = (spark.createDataFrame(tasks, "point int, fold int").repartition(len(tasks))
+              .mapInPandas(score, "point int, fold int, value double").collect())
     per_point = np.zeros((len(points), folds))
-    for i, k, value in scores:
-        per_point[i, k] = value
+    for r in scores:
+        per_point[r["point"], r["fold"]] = r["value"]
     means, stds = per_point.mean(axis=1), per_point.std(axis=1)
     best = int(np.argmax(means) if local_lr.LARGER_IS_BETTER[metric] else np.argmin(means))
     p = points[best]
     with _blas_threads(1):
-        start = local_lr.fit(x, y, n_classes, p["reg_param"], p["elastic_net_param"], p["max_iter"], standardize)
-    final = lr.copy({lr.regParam: float(p["reg_param"]), lr.elasticNetParam: float(p["elastic_net_param"]),
-                     lr.maxIter: int(p["max_iter"])})
-    model = fit_warm_started(final, data, start)
+        solution = local_lr.fit(x, y, n_classes, p["reg_param"], p["elastic_net_param"], p["max_iter"], standardize)
+    model = LogisticModel.from_fit(solution, p["reg_param"], p["elastic_net_param"], p["max_iter"])
     rows = [{**pt, "mean": float(m), "std": float(s)} for pt, m, s in zip(points, means, stds)]
     return model, rows
-
-
-def fit_warm_started(lr: LogisticRegression, data: DataFrame, start: "local_lr.LogisticFit") -> LogisticRegressionModel:
-    """Spark ML's fit, its solver started from ``start`` (Spark's ``initialModel``, not in PySpark's API)."""
-    from pyspark.ml.common import _py2java
-    from pyspark.ml.linalg import DenseMatrix, DenseVector
-
-    sc = data.sparkSession.sparkContext
-    coef = start.coefficients
-    jvm_model = sc._jvm.org.apache.spark.ml.classification.LogisticRegressionModel(
-        "sparkvision-start", _py2java(sc, DenseMatrix(coef.shape[0], coef.shape[1], coef.ravel(order="F").tolist())),
-        _py2java(sc, DenseVector(start.intercepts)), 2 if not start.multinomial else coef.shape[0], start.multinomial,
-    )
-    lr._transfer_params_to_java()
-    lr._java_obj.setInitialModel(jvm_model)
-    model = LogisticRegressionModel(lr._java_obj.fit(data._jdf))
-    lr._copyValues(model)
-    return model
 
 
 @contextmanager
@@ -195,9 +205,9 @@ def _blas_threads(n: int):
         yield
 
 
-def assemble(featurizer: DeepImageFeaturizer, classifier: LogisticRegressionModel, classes: list[str]) -> PipelineModel:
+def assemble(featurizer: DeepImageFeaturizer, classifier, classes: list[str]) -> PipelineModel:
     """featurizer -> classifier -> ``predicted_label`` (class names), one persistable model."""
-    to_label = IndexToString(inputCol="prediction", outputCol="predicted_label", labels=list(classes))
+    to_label = IndexToString(inputCol=PREDICTION, outputCol=PREDICTED_LABEL, labels=list(classes))
     return PipelineModel(stages=[featurizer, classifier, to_label])
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets as _random
 import stat
 from collections.abc import Mapping
 
@@ -162,20 +161,3 @@ def submit_conf(master: str, insecure: bool | None = None, environ: Mapping[str,
         return {}
     raise AuthError(f"refusing to submit to {master} without Spark authentication: {HOW}; or set {INSECURE_ENV}=1 "
                     "for a cluster that runs without authentication (anyone who reaches its ports can run code on it)")
-
-
-def generate_secret() -> str:
-    """A new random shared secret (256 bits, URL-safe text)."""
-    return _random.token_urlsafe(32)
-
-
-def write_secret_file(path: str | os.PathLike, secret: str | None = None) -> str:
-    """Write a new (or the given) secret to ``path``, created with mode 0600; returns the path."""
-    path = os.fspath(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, ((secret or generate_secret()) + "\n").encode("utf-8"))
-    finally:
-        os.close(fd)
-    return path

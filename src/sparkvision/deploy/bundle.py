@@ -1,10 +1,12 @@
 """Offline checks of the Databricks bundle (``bundle.yml`` + includes), without the CLI or a workspace.
 
 :func:`load` reads the root file and its includes, :func:`resolve` applies a target and the variables
-(``--var``, ``BUNDLE_VAR_*``, target overrides, defaults) and :func:`validate` checks the result: the
-official JSON schema, entry points against the wheel's metadata, referenced files, task dependencies,
-job clusters, credentials, and that the generated job-cluster include matches ``infra/clusters``.
-Every problem names the file and the YAML path.
+(``--var``, ``BUNDLE_VAR_*``, ``.databricks/bundle/TARGET/variable-overrides.json``, target values,
+defaults) and :func:`validate` checks the result: the official JSON schema, entry points against the
+wheel's metadata, referenced files, task dependencies, each task's compute (a declared job cluster, or a
+declared serverless environment), job clusters and environments no task uses, credentials, and that the
+generated job-cluster include matches ``infra/clusters``. Every problem names the file and the YAML path
+where the offending key is written, a target's override included.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from .. import secrets
 from . import clusters
 
 BUNDLE_FILE = "bundle.yml"
@@ -30,6 +33,10 @@ _REF = re.compile(r"\$\{([A-Za-z][\w.\-\[\]]*)\}")
 _TARGET_SECTIONS = ("bundle", "workspace", "artifacts", "resources", "sync", "permissions", "run_as", "presets",
                     "experimental")
 _KEYED_LISTS = {"tasks": "task_key", "job_clusters": "job_cluster_key", "environments": "environment_key"}
+OVERRIDES_FILE = ".databricks/bundle/{target}/variable-overrides.json"  # the CLI's per-target variable file
+_CLUSTER_FIELDS = ("job_cluster_key", "new_cluster", "existing_cluster_id")
+# Data security modes that only exist for clusters with a `kind` (the current, "simple form" cluster spec).
+_KIND_MODES = ("DATA_SECURITY_MODE_AUTO", "DATA_SECURITY_MODE_STANDARD", "DATA_SECURITY_MODE_DEDICATED")
 
 
 class BundleError(ValueError):
@@ -46,6 +53,7 @@ class Bundle:
     config: dict[str, Any]
     files: list[str] = field(default_factory=list)
     origin: dict[tuple[str, ...], str] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)  # each file as written (anchors expanded)
 
     def file_of(self, path: tuple) -> str:
         """The file that defines the YAML path ``path`` (resources.jobs.X... or variables.X...)."""
@@ -54,14 +62,84 @@ class Bundle:
                 return self.origin[tuple(path[:n])]
         return BUNDLE_FILE
 
+    def locate(self, path: tuple, target: str | None = None, resolved: Any = None) -> tuple[str, tuple]:
+        """Where the value at ``path`` of the resolved configuration is written: ``(file, path in that file)``.
+
+        A target's override (``targets.T.resources...``) wins over the base definition, as when the CLI
+        merges them; list items of tasks, job clusters and environments are matched by their key, so
+        ``tasks[2]`` of the merged job can be ``targets.dev.resources.jobs.x.tasks[0]`` of another file. Where
+        no file has the whole path (a value that came from a variable), the deepest written key is named."""
+        path = tuple(path)
+        roots = []
+        if target and path and path[0] in _TARGET_SECTIONS:
+            roots += [(f, ("targets", target)) for f in reversed(self.files)]
+        roots += [(f, ()) for f in reversed(self.files)]
+        best = None
+        for rel, prefix in roots:
+            node = self.raw.get(rel)
+            for key in prefix:
+                node = node.get(key) if isinstance(node, dict) else None
+            if node is None:
+                continue
+            matched, translated = _walk(node, path, resolved)
+            if matched == len(path):
+                return rel, prefix + translated
+            if matched and (best is None or matched > best[0]):
+                best = (matched, rel, prefix + translated + path[matched:])
+        if best is not None and best[0] >= min(len(path), 3):
+            return best[1], best[2]
+        return self.file_of(path), path
+
+    def where(self, path: tuple, target: str | None = None, resolved: Any = None) -> str:
+        """``file: yaml.path`` for a problem at ``path`` of the resolved configuration."""
+        rel, in_file = self.locate(path, target, resolved)
+        return f"{rel}: {yaml_path(in_file)}"
+
+
+def _walk(node, path: tuple, resolved) -> tuple[int, tuple]:
+    """How much of ``path`` (a path in the merged configuration ``resolved``) exists in ``node`` (one file's
+    data), and that much of the path as the file spells it (keyed list items by their key)."""
+    out: list = []
+    for i, seg in enumerate(path):
+        if isinstance(seg, int):
+            if not isinstance(node, list) or not isinstance(resolved, list) or seg >= len(resolved):
+                return i, tuple(out)
+            keyfield = _KEYED_LISTS.get(path[i - 1]) if i else None
+            if keyfield and isinstance(resolved[seg], dict):
+                want = resolved[seg].get(keyfield)
+                idx = next((j for j, item in enumerate(node) if isinstance(item, dict) and item.get(keyfield) == want), None)
+            else:
+                idx = seg if seg < len(node) else None
+            if idx is None:
+                return i, tuple(out)
+            node, resolved = node[idx], resolved[seg]
+            out.append(idx)
+        else:
+            if not isinstance(node, dict) or seg not in node:
+                return i, tuple(out)
+            node = node[seg]
+            resolved = resolved.get(seg) if isinstance(resolved, dict) else None
+            out.append(seg)
+    return len(path), tuple(out)
+
 
 def yaml_path(path) -> str:
     return clusters.dotted_path(path) or "(top level)"
 
 
+def _unshare(node):
+    """A tree without shared nodes: YAML aliases (``*classic``) and merge keys (``<<: *dev``) load as one
+    object in several places, and merging a target into one of them must not change the others."""
+    if isinstance(node, dict):
+        return {k: _unshare(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unshare(v) for v in node]
+    return node
+
+
 def _read_yaml(root: Path, rel: str) -> Any:
     try:
-        return yaml.safe_load((root / rel).read_text(encoding="utf-8")) or {}
+        return _unshare(yaml.safe_load((root / rel).read_text(encoding="utf-8")) or {})
     except FileNotFoundError:
         raise BundleError([f"{rel}: not found"]) from None
     except yaml.YAMLError as exc:
@@ -74,7 +152,7 @@ def load(root: str | os.PathLike = ".") -> Bundle:
     config = _read_yaml(root, BUNDLE_FILE)
     if not isinstance(config, dict):
         raise BundleError([f"{BUNDLE_FILE}: the top level must be a mapping"])
-    bundle = Bundle(root, config, [BUNDLE_FILE])
+    bundle = Bundle(root, config, [BUNDLE_FILE], raw={BUNDLE_FILE: copy.deepcopy(config)})
     problems = []
     for section in ("resources", "variables"):
         for key, value in _mapping(config.get(section)).items():
@@ -91,6 +169,7 @@ def load(root: str | os.PathLike = ".") -> Bundle:
                 problems.append(f"{rel}: the top level must be a mapping")
                 continue
             bundle.files.append(rel)
+            bundle.raw[rel] = copy.deepcopy(data)
             problems += _merge_include(bundle, data, rel)
     if problems:
         raise BundleError(problems)
@@ -188,37 +267,88 @@ def resolve_with_variables(bundle: Bundle, target: str | None = None,
         raise BundleError([f"{BUNDLE_FILE}: targets: unknown target {target!r}; defined: {', '.join(all_targets)}"])
     chosen = all_targets[target] or {}
     for section in _TARGET_SECTIONS:
-        if section in chosen:
+        if section not in chosen:
+            continue
+        if section == "run_as":  # replaced, not merged (as the CLI does)
+            cfg[section] = copy.deepcopy(chosen[section])
+        else:
             cfg[section] = _deep_merge(cfg.get(section, {} if isinstance(chosen[section], dict) else []), chosen[section])
     values = _variable_values(bundle, cfg, chosen, target, overrides or {})
-    context = {"bundle": {**_mapping(cfg.get("bundle")), "target": target}, "var": values,
-               "workspace": _mapping(cfg.get("workspace"))}
+    merged = copy.deepcopy(cfg)
+
+    def where(path):
+        return bundle.where(path, target, merged)
+
     problems: list[str] = []
+    context = {"bundle": {**_mapping(cfg.get("bundle")), "target": target}, "var": values, "workspace": {}}
+    # The workspace first: ${workspace.root_path} and friends then read resolved values.
+    if "workspace" in cfg:
+        cfg["workspace"] = _substitute(cfg["workspace"], context, ("workspace",), where, problems)
+        context["workspace"] = _mapping(cfg["workspace"])
     for section in list(cfg):
-        if section != "variables":
-            cfg[section] = _substitute(cfg[section], context, (section,), bundle, problems)
+        if section not in ("variables", "workspace"):
+            cfg[section] = _substitute(cfg[section], context, (section,), where, problems)
     if problems:
         raise BundleError(problems)
     return cfg, values
+
+
+def overrides_file(bundle: Bundle, target: str) -> Path:
+    """The CLI's per-target variable file (values for complex variables too): not part of the bundle's files."""
+    return bundle.root / OVERRIDES_FILE.format(target=target)
+
+
+def _read_overrides_file(bundle: Bundle, target: str, problems: list[str]) -> dict[str, Any]:
+    path = overrides_file(bundle, target)
+    if not path.is_file():
+        return {}
+    rel = OVERRIDES_FILE.format(target=target)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        problems.append(f"{rel}: not valid JSON: {exc}")
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"{rel}: must be a JSON object of variable names and values")
+        return {}
+    return data
 
 
 def _variable_values(bundle, cfg, chosen, target, overrides) -> dict[str, Any]:
     declared = _mapping(cfg.get("variables"))
     env = {k[len("BUNDLE_VAR_"):]: v for k, v in os.environ.items() if k.startswith("BUNDLE_VAR_")}
     problems, values = [], {}
-    for name, raw in {**_mapping(chosen.get("variables")), **env, **overrides}.items():
-        if name not in declared:
-            where = "--var" if name in overrides else ("BUNDLE_VAR_" + name if name in env else f"targets.{target}.variables")
-            problems.append(f"{where}: variable {name!r} is not declared under variables")
+    from_file = _read_overrides_file(bundle, target, problems)
+    file_rel = OVERRIDES_FILE.format(target=target)
+    target_vars = _mapping(chosen.get("variables"))
+    labels = [(target_vars, lambda n: bundle.where(("targets", target, "variables", n))),
+              (from_file, lambda n: f"{file_rel}: {n}"), (env, lambda n: f"BUNDLE_VAR_{n}"), (overrides, lambda n: f"--var {n}")]
+    for given, label in labels:
+        problems += [f"{label(n)}: variable {n!r} is not declared under variables" for n in given if n not in declared]
     for name, decl in declared.items():
         decl = decl if isinstance(decl, dict) else {"default": decl}
-        if name in overrides:
+        complex_ = decl.get("type") == "complex"
+        if complex_ and (name in overrides or name in env):
+            flag = "--var" if name in overrides else "BUNDLE_VAR_" + name
+            problems.append(f"{flag}: {name!r} is a complex variable: the Databricks CLI does not take those from "
+                            f"--var or BUNDLE_VAR_*; set it in targets.{target}.variables or in {file_rel}")
+        elif name in overrides:
             values[name] = overrides[name]
         elif name in env:
             values[name] = env[name]
-        elif name in _mapping(chosen.get("variables")):
-            v = chosen["variables"][name]
-            values[name] = v["default"] if isinstance(v, dict) and "default" in v and decl.get("type") != "complex" else v
+        elif name in from_file:
+            values[name] = from_file[name]
+        elif name in target_vars:
+            v = target_vars[name]
+            if complex_ or not isinstance(v, dict):
+                values[name] = v  # a complex value, or the shorthand for {default: v}
+            elif "default" in v:
+                values[name] = v["default"]
+            elif "lookup" in v:
+                values[name] = "${var." + name + "}"  # resolved by the CLI against the workspace
+            else:
+                problems.append(f"{bundle.where(('targets', target, 'variables', name))}: neither a value, a default "
+                                "nor a lookup")
         elif "default" in decl:
             values[name] = decl["default"]
         elif "lookup" in decl:
@@ -231,10 +361,14 @@ def _variable_values(bundle, cfg, chosen, target, overrides) -> dict[str, Any]:
     # Variables may refer to each other and to ${bundle.*}: substitute until nothing changes.
     context = {"bundle": {**_mapping(cfg.get("bundle")), "target": target}, "var": values,
                "workspace": _mapping(cfg.get("workspace"))}
+
+    def where(path):
+        return f"{bundle.file_of(path)}: {yaml_path(path)}"
+
     for _ in range(10):
         before = json.dumps(values, sort_keys=True, default=str)
         for name in values:
-            values[name] = _substitute(values[name], context, ("variables", name), bundle, problems)
+            values[name] = _substitute(values[name], context, ("variables", name), where, problems)
         if problems:
             raise BundleError(problems)
         if json.dumps(values, sort_keys=True, default=str) == before:
@@ -256,11 +390,12 @@ def _lookup(context: dict, ref: str):
     return node
 
 
-def _substitute(node, context, path, bundle, problems):
+def _substitute(node, context, path, where, problems):
+    """``node`` with ``${...}`` references replaced; ``where(path)`` names a problem's file and YAML path."""
     if isinstance(node, dict):
-        return {k: _substitute(v, context, path + (k,), bundle, problems) for k, v in node.items()}
+        return {k: _substitute(v, context, path + (k,), where, problems) for k, v in node.items()}
     if isinstance(node, list):
-        return [_substitute(v, context, path + (i,), bundle, problems) for i, v in enumerate(node)]
+        return [_substitute(v, context, path + (i,), where, problems) for i, v in enumerate(node)]
     if not isinstance(node, str) or "${" not in node:
         return node
     whole = _REF.fullmatch(node)
@@ -271,7 +406,7 @@ def _substitute(node, context, path, bundle, problems):
             return _lookup(context, ref)
         except (KeyError, IndexError, TypeError):
             if head == "var":
-                problems.append(f"{bundle.file_of(path)}: {yaml_path(path)}: unknown variable ${{{ref}}}")
+                problems.append(f"{where(path)}: unknown variable ${{{ref}}}")
             return "${" + ref + "}"  # workspace.current_user, resources.*, artifacts.*: known only at deploy
 
     if whole:
@@ -280,7 +415,7 @@ def _substitute(node, context, path, bundle, problems):
     def text(match):
         v = value(match.group(1))
         if isinstance(v, (dict, list)):
-            problems.append(f"{bundle.file_of(path)}: {yaml_path(path)}: complex value ${{{match.group(1)}}} inside a string")
+            problems.append(f"{where(path)}: complex value ${{{match.group(1)}}} inside a string")
             return match.group(0)
         return str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -341,12 +476,15 @@ def _deepest(error):
     return max(candidates, key=lambda e: (len(e.absolute_path), e.validator not in ("oneOf", "anyOf", "type", "pattern")))
 
 
-def schema_problems(document: dict, schema: Path, bundle: Bundle, prefix: str = "") -> list[str]:
+def schema_problems(document: dict, schema: Path, bundle: Bundle, prefix: str = "", target: str | None = None) -> list[str]:
+    """Schema errors of ``document``: one file as written (``prefix`` names it), or the resolved
+    configuration of ``target`` (each error named by the file and path where the key is written)."""
     out = []
     for error in sorted(_validator(schema).iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
         deep = _deepest(error)
         path = tuple(deep.absolute_path)
-        out.append(f"{prefix or bundle.file_of(path)}: {yaml_path(path)}: {deep.message}")
+        where = f"{prefix}: {yaml_path(path)}" if prefix else bundle.where(path, target, document)
+        out.append(f"{where}: {deep.message}")
     return out
 
 
@@ -369,49 +507,121 @@ def _project_scripts(root: Path) -> tuple[str | None, set[str]]:
     return project.get("name"), names
 
 
-def _job_problems(bundle: Bundle, cfg: dict, artifacts_out: list[Path]) -> list[str]:
+def _is_local_path(ref: str) -> bool:
+    return not ref.startswith(("/", "dbfs:", "s3:", "s3a:", "abfss:", "gs:", "${"))
+
+
+def _job_problems(bundle: Bundle, cfg: dict, artifacts_out: list[Path], target: str | None = None) -> list[str]:
     problems = []
     package, entry_points = _project_scripts(bundle.root)
+
+    def where(path):
+        return bundle.where(path, target, cfg)
+
+    def local_wheel_problem(path, whl: str) -> str | None:
+        """A relative wheel path, relative to the file that writes it: it must match a file or a whl artifact's output."""
+        rel, _ = bundle.locate(path, target, cfg)
+        wheel = ((bundle.root / rel).parent / whl).resolve()
+        if glob.glob(str(wheel)) or any(wheel.parent == out for out in artifacts_out):
+            return None
+        return f"{where(path)}: {whl!r} matches no file and no whl artifact builds into that folder"
+
     for name, job in _mapping(_mapping(cfg.get("resources")).get("jobs")).items():
         base = ("resources", "jobs", name)
-        where = bundle.file_of(base)
-        job_dir = (bundle.root / where).parent
         tasks = job.get("tasks") or []
         keys = [t.get("task_key") for t in tasks]
-        clusters_defined = {c.get("job_cluster_key") for c in job.get("job_clusters") or []}
+        clusters_defined = [c.get("job_cluster_key") for c in job.get("job_clusters") or []]
+        envs_defined = [e.get("environment_key") for e in job.get("environments") or [] if isinstance(e, dict)]
+        clusters_used, envs_used = set(), set()
         for dup in sorted({k for k in keys if keys.count(k) > 1}):
-            problems.append(f"{where}: {yaml_path(base + ('tasks',))}: task_key {dup!r} used twice")
+            problems.append(f"{where(base + ('tasks',))}: task_key {dup!r} used twice")
         for i, task in enumerate(tasks):
             tpath = base + ("tasks", i)
             for j, dep in enumerate(task.get("depends_on") or []):
                 if dep.get("task_key") not in keys:
-                    problems.append(f"{where}: {yaml_path(tpath + ('depends_on', j, 'task_key'))}: "
+                    problems.append(f"{where(tpath + ('depends_on', j, 'task_key'))}: "
                                     f"no task {dep.get('task_key')!r} in job {name} (tasks: {', '.join(map(str, keys))})")
-            key = task.get("job_cluster_key")
-            if key is not None and key not in clusters_defined:
-                problems.append(f"{where}: {yaml_path(tpath + ('job_cluster_key',))}: job cluster {key!r} is not "
-                                f"defined in job_clusters ({', '.join(sorted(map(str, clusters_defined)))})")
+            problems += _compute_problems(task, tpath, name, clusters_defined, envs_defined, where)
+            clusters_used.add(task.get("job_cluster_key"))
+            envs_used.add(task.get("environment_key"))
             wheel = task.get("python_wheel_task")
             if wheel and wheel.get("package_name") == package and wheel.get("entry_point") not in entry_points:
-                problems.append(f"{where}: {yaml_path(tpath + ('python_wheel_task', 'entry_point'))}: "
+                problems.append(f"{where(tpath + ('python_wheel_task', 'entry_point'))}: "
                                 f"{wheel.get('entry_point')!r} is not an entry point of {package} "
                                 f"(pyproject.toml: {', '.join(sorted(entry_points))})")
             elif wheel and wheel.get("package_name") != package:
-                problems.append(f"{where}: {yaml_path(tpath + ('python_wheel_task', 'package_name'))}: "
+                problems.append(f"{where(tpath + ('python_wheel_task', 'package_name'))}: "
                                 f"{wheel.get('package_name')!r} is not this project's package ({package})")
             for k, lib in enumerate(task.get("libraries") or []):
                 whl = lib.get("whl") if isinstance(lib, dict) else None
-                if whl and not whl.startswith(("/", "dbfs:", "s3:", "abfss:", "gs:")):
-                    target = (job_dir / whl).resolve()
-                    built = any(target.parent == out for out in artifacts_out)
-                    if not glob.glob(str(target)) and not built:
-                        problems.append(f"{where}: {yaml_path(tpath + ('libraries', k, 'whl'))}: {whl!r} matches no "
-                                        "file and no whl artifact builds into that folder")
+                if isinstance(whl, str) and _is_local_path(whl) and (p := local_wheel_problem(tpath + ("libraries", k, "whl"), whl)):
+                    problems.append(p)
             for field_path in (("spark_python_task", "python_file"), ("notebook_task", "notebook_path")):
                 ref = _mapping(task.get(field_path[0])).get(field_path[1])
-                if ref and not ref.startswith(("/", "${")) and not (job_dir / ref).exists():
-                    problems.append(f"{where}: {yaml_path(tpath + field_path)}: {ref!r} not found")
+                if ref and _is_local_path(ref):
+                    rel, _ = bundle.locate(tpath + field_path, target, cfg)
+                    if not ((bundle.root / rel).parent / ref).exists():
+                        problems.append(f"{where(tpath + field_path)}: {ref!r} not found")
+        # The Jobs API refuses job clusters no task runs on; an unused environment is the same mistake.
+        for k, key in enumerate(clusters_defined):
+            if key not in clusters_used:
+                problems.append(f"{where(base + ('job_clusters', k, 'job_cluster_key'))}: job cluster {key!r} is "
+                                f"declared but no task of job {name} runs on it: declare only the clusters the tasks use")
+        for k, env in enumerate(job.get("environments") or []):
+            if not isinstance(env, dict):
+                continue
+            epath = base + ("environments", k)
+            if env.get("environment_key") not in envs_used:
+                problems.append(f"{where(epath + ('environment_key',))}: environment {env.get('environment_key')!r} "
+                                f"is declared but no task of job {name} uses it")
+            for d, dep in enumerate(_mapping(env.get("spec")).get("dependencies") or []):
+                if isinstance(dep, str) and dep.endswith(".whl") and _is_local_path(dep) and (
+                        p := local_wheel_problem(epath + ("spec", "dependencies", d), dep)):
+                    problems.append(p)
+        for k, jc in enumerate(job.get("job_clusters") or []):
+            problems += _cluster_kind_problems(_mapping(jc).get("new_cluster"), base + ("job_clusters", k, "new_cluster"), where)
+        for i, task in enumerate(tasks):
+            problems += _cluster_kind_problems(task.get("new_cluster"), base + ("tasks", i, "new_cluster"), where)
     return problems
+
+
+def _compute_problems(task: dict, tpath: tuple, job: str, clusters: list, environments: list, where) -> list[str]:
+    """A task runs on a classic cluster (job_cluster_key, new_cluster, existing_cluster_id) or serverless
+    (environment_key naming one of the job's environments); Python tasks need one of the two."""
+    out = []
+    classic = [f for f in _CLUSTER_FIELDS if task.get(f) is not None]
+    env_key = task.get("environment_key")
+    key = task.get("job_cluster_key")
+    if key is not None and key not in clusters:
+        out.append(f"{where(tpath + ('job_cluster_key',))}: job cluster {key!r} is not defined in job_clusters "
+                   f"({', '.join(sorted(map(str, clusters)))})")
+    if env_key is not None and env_key not in environments:
+        declared = ", ".join(map(str, environments)) or "none"
+        out.append(f"{where(tpath + ('environment_key',))}: environment {env_key!r} is not declared in job {job}'s "
+                   f"environments (declared: {declared}); a serverless task needs an environment with the wheel "
+                   "in spec.dependencies")
+    if env_key is not None and classic:
+        out.append(f"{where(tpath + ('environment_key',))}: the task has both environment_key (serverless) and "
+                   f"{', '.join(classic)} (a cluster): give it one of the two")
+    if env_key is not None and not classic and task.get("libraries"):
+        out.append(f"{where(tpath + ('libraries',))}: serverless tasks take no libraries: put them in the "
+                   f"environment's spec.dependencies")
+    needs_compute = any(task.get(t) for t in ("python_wheel_task", "spark_python_task", "spark_jar_task", "spark_submit_task"))
+    if needs_compute and env_key is None and not classic:
+        out.append(f"{where(tpath)}: task {task.get('task_key')!r} has no compute: give it job_cluster_key (a "
+                   "classic job cluster) or environment_key (serverless); this bundle adds them per target in "
+                   "jobs/compute.yml")
+    return out
+
+
+def _cluster_kind_problems(cluster, path: tuple, where) -> list[str]:
+    if not isinstance(cluster, dict):
+        return []
+    mode = cluster.get("data_security_mode")
+    if mode in _KIND_MODES and not cluster.get("kind"):
+        return [f"{where(path + ('data_security_mode',))}: {mode} is only valid for a cluster with a kind: "
+                "add kind: CLASSIC_PREVIEW (or use the legacy names SINGLE_USER / USER_ISOLATION)"]
+    return []
 
 
 def _artifact_outputs(bundle: Bundle, cfg: dict) -> tuple[list[Path], list[str]]:
@@ -436,8 +646,10 @@ def render_clusters_include(spec_dir: str | os.PathLike) -> str:
             continue
         var = spec.name.replace("-", "_")
         rel = f"infra/clusters/{path.name}"
-        variables[f"{var}_cluster"] = {"description": f"Job cluster from {rel}", "type": "complex",
-                                       "default": clusters.databricks_cluster(spec)}
+        cluster = clusters.databricks_cluster(spec)
+        if cluster.get("data_security_mode") in _KIND_MODES:
+            cluster.setdefault("kind", "CLASSIC_PREVIEW")  # the DATA_SECURITY_MODE_* names need a kind
+        variables[f"{var}_cluster"] = {"description": f"Job cluster from {rel}", "type": "complex", "default": cluster}
         if spec.maven:
             variables[f"{var}_libraries"] = {"description": f"Task libraries (Maven) from {rel}", "type": "complex",
                                              "default": clusters.databricks_libraries(spec)}
@@ -461,19 +673,20 @@ def validate(root: str | os.PathLike = ".", target: str | None = None, overrides
         problems.append(f"{CLUSTERS_INCLUDE}: stale or missing: run `sparkvision bundle clusters --write`")
     if problems:
         raise BundleError(problems)
+    target = target or default_target(bundle)
     cfg, values = resolve_with_variables(bundle, target, overrides)
     outs, problems = _artifact_outputs(bundle, cfg)
-    problems += _job_problems(bundle, cfg, outs)
-    for path, what in clusters.find_credentials(cfg):
-        problems.append(f"{bundle.file_of(path)}: {yaml_path(path)}: {'key' if what == 'key' else 'value'} looks like "
+    problems += _job_problems(bundle, cfg, outs, target)
+    for path, what in secrets.find_credentials(cfg):
+        problems.append(f"{bundle.where(path, target, cfg)}: {'key' if what == 'key' else 'value'} looks like "
                         "a credential; keep secrets out of the bundle (environment, profile, or {{secrets/scope/key}})")
     if schema_file:
-        problems += schema_problems(cfg, schema_file, bundle)
+        problems += schema_problems(cfg, schema_file, bundle, target=target)
     problems += _typed_job_problems(bundle, cfg)
     if problems:
         raise BundleError(problems)
     jobs = _mapping(_mapping(cfg.get("resources")).get("jobs"))
-    return {"target": target or default_target(bundle), "jobs": {n: len(j.get("tasks") or []) for n, j in jobs.items()},
+    return {"target": target, "jobs": {n: len(j.get("tasks") or []) for n, j in jobs.items()},
             "schema": str(schema_file) if schema_file else None, "config": cfg, "variables": values}
 
 

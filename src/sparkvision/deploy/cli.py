@@ -74,16 +74,36 @@ def _submit(args: argparse.Namespace) -> int:
 
     from . import clusters
 
+    from .. import secrets
+
     job = args.job[1:] if args.job[:1] == ["--"] else args.job
+    # The job's arguments end up on spark-submit's command line (ps, /proc): no credential may be among them.
+    for i, arg in enumerate(job, start=1):
+        key, sep, value = arg.partition("=")
+        if secrets.looks_like_secret(arg) or (sep and secrets.is_secret_setting(key.rsplit(".", 1)[-1], value)) or (
+                sep and any(secrets.find_credentials(_yaml_or_text(value)))):
+            raise clusters.ClusterSpecError(
+                f"job argument {i} ({key + '=...' if sep else 'a value'}) holds a credential, which would be visible "
+                "on the spark-submit command line: give it through the environment or a profile instead")
     # A spark:// master needs the cluster's shared secret (deploy/auth.py: SPARKVISION_SPARK_SECRET_FILE or
     # SPARK_AUTH_SECRET; SPARKVISION_INSECURE=1 for an unauthenticated cluster). The command line only says
     # spark.authenticate=true: the driver inherits the environment and reads the secret in-process.
     cmd = clusters.submit_command(clusters.load_spec(args.cluster_spec), args.master, job or ["run"],
                                   pairs(args.conf, "--conf"))
-    print("+ " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
+    print("+ " + secrets.redact_text(" ".join(shlex.quote(c) for c in cmd)), file=sys.stderr, flush=True)
     if args.dry_run:
         return 0
     return subprocess.call(cmd)
+
+
+def _yaml_or_text(value: str):
+    """A ``--set`` value as the pipeline will read it (YAML), so credentials inside a mapping are found."""
+    import yaml
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
 
 
 def _cluster(args: argparse.Namespace) -> int:

@@ -58,13 +58,6 @@ def _conf_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def find_credentials(data: Any, path: tuple = ()):
-    """``(path, "key" | "value")`` for each credential in ``data`` (:func:`sparkvision.secrets.find_credentials`)."""
-    from .. import secrets
-
-    return secrets.find_credentials(data, path)
-
-
 def dotted_path(path) -> str:
     """``("resources", "jobs", "x", "tasks", 0)`` -> ``resources.jobs.x.tasks[0]``."""
     out = ""
@@ -75,7 +68,9 @@ def dotted_path(path) -> str:
 
 def check_no_secrets(data: Any, origin: str, where: str = "") -> None:
     """Refuse credential-looking keys or values anywhere in ``data`` (Databricks secret references pass)."""
-    for path, what in find_credentials(data, (where,) if where else ()):
+    from .. import secrets
+
+    for path, what in secrets.find_credentials(data, (where,) if where else ()):
         if what == "key":
             raise ClusterSpecError(
                 f"{origin}: key {dotted_path(path)!r} looks like a credential; specs must not hold secrets. "

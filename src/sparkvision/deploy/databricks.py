@@ -1,7 +1,10 @@
 """Run the pipeline on Databricks from Python (databricks-sdk), for environments without the CLI.
 
-``submit``: upload the wheel and submit the bundle's pipeline once (``jobs.submit``, same tasks and
-cluster spec as ``jobs/sparkvision_pipeline.yml``). ``run``: run a deployed job. ``status``: one run.
+``submit``: upload the wheel and submit the bundle's pipeline once (``jobs.submit``, the tasks of
+``jobs/sparkvision_pipeline.yml`` with the target's compute: each job cluster inlined as the task's
+``new_cluster``, or, for the serverless targets, the job's environments with the wheel dependency pointed
+at the upload). ``${workspace.current_user.*}`` (the dev targets' per-user output) becomes the caller.
+``run``: run a deployed job. ``status``: one run.
 Waiting polls with a timeout and checks ``result_state`` (the SDK's waiter returns FAILED runs without
 raising). Authentication comes only from the SDK's own sources (DATABRICKS_* environment variables,
 ~/.databrickscfg profiles); nothing here prints, logs or stores a credential.
@@ -13,7 +16,9 @@ import copy
 import io
 import json
 import logging
+import re
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -84,8 +89,16 @@ def upload_wheel(w, wheel: Path, remote_dir: str | None = None) -> str:
     return remote
 
 
-def submit_tasks(resolved: dict[str, Any], job_key: str, wheel_remote: str) -> list[dict[str, Any]]:
-    """The bundle job's tasks as one-time-run tasks: each job cluster inlined, the wheel library pointed at the upload."""
+def _local_wheel(ref) -> bool:
+    """A wheel the bundle builds (``../dist/*.whl``), as opposed to one already in the workspace or a volume."""
+    return isinstance(ref, str) and ref.endswith(".whl") and not ref.startswith(("/", "dbfs:", "s3:", "abfss:", "gs:", "${"))
+
+
+def submit_spec(resolved: dict[str, Any], job_key: str, wheel_remote: str) -> dict[str, Any]:
+    """The bundle job as a one-time run (``jobs.submit`` arguments): ``tasks``, and ``environments`` for
+    serverless tasks. One-time runs have no job clusters, so each task gets its cluster inlined as
+    ``new_cluster``; serverless tasks keep their ``environment_key`` and the job's environments come along.
+    The project's wheel (a task library or an environment dependency) points at the uploaded copy."""
     try:
         job = resolved["resources"]["jobs"][job_key]
     except KeyError:
@@ -96,19 +109,82 @@ def submit_tasks(resolved: dict[str, Any], job_key: str, wheel_remote: str) -> l
         task = copy.deepcopy(task)
         key = task.pop("job_cluster_key", None)
         if key is not None:
+            if key not in job_clusters:
+                raise KeyError(f"task {task.get('task_key')!r} of job {job_key!r} runs on job cluster {key!r}, "
+                               "which the job does not declare")
             task["new_cluster"] = copy.deepcopy(job_clusters[key])
-        task["libraries"] = [({"whl": wheel_remote} if "whl" in lib else lib) for lib in task.get("libraries") or []]
+        if "libraries" in task:
+            task["libraries"] = [({**lib, "whl": wheel_remote} if _local_wheel(lib.get("whl")) else lib)
+                                 for lib in task["libraries"]]
         tasks.append(task)
-    return tasks
+    used = {t.get("environment_key") for t in tasks}
+    environments = []
+    for env in job.get("environments") or []:
+        if env.get("environment_key") not in used:
+            continue
+        env = copy.deepcopy(env)
+        spec = env.get("spec") or {}
+        if "dependencies" in spec:
+            spec["dependencies"] = [wheel_remote if _local_wheel(d) else d for d in spec["dependencies"]]
+        environments.append(env)
+    declared = {e.get("environment_key") for e in environments}
+    missing = sorted(k for k in used if k is not None and k not in declared)
+    if missing:
+        raise KeyError(f"job {job_key!r}: tasks use environment(s) {', '.join(missing)}, which the job does not declare")
+    out: dict[str, Any] = {"tasks": tasks}
+    if environments:
+        out["environments"] = environments
+    return out
+
+
+def submit_tasks(resolved: dict[str, Any], job_key: str, wheel_remote: str) -> list[dict[str, Any]]:
+    """The tasks of :func:`submit_spec`."""
+    return submit_spec(resolved, job_key, wheel_remote)["tasks"]
+
+
+def short_name(user_name: str, service_principal_display: str | None = None) -> str:
+    """``${workspace.current_user.short_name}`` as the Databricks CLI derives it: the part of the user name
+    before ``@`` (a service principal's display name), lower case, letters and digits kept, anything else ``_``."""
+    local = (service_principal_display or user_name).split("@", 1)[0].lower()
+    return "".join(c if c.isalpha() or unicodedata.category(c) == "Nd" else "_" for c in local)
+
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+_CURRENT_USER = re.compile(r"\$\{workspace\.current_user\.(userName|short_name|domain_friendly_name)\}")
+
+
+def current_user(w) -> dict[str, str]:
+    """``workspace.current_user`` of the caller: userName, short_name, domain_friendly_name."""
+    me = w.current_user.me()
+    sp = me.display_name if _UUID.match(me.user_name or "") else None
+    short = short_name(me.user_name or "", sp)
+    unmarked = "".join(c for c in unicodedata.normalize("NFKD", short) if not unicodedata.combining(c))
+    return {"userName": me.user_name or "", "short_name": short,
+            "domain_friendly_name": re.sub(r"[^a-z0-9]", "-", unmarked.lower())}
+
+
+def with_current_user(node, user: dict[str, str]):
+    """``node`` with ``${workspace.current_user.*}`` replaced, as the CLI does at deploy time."""
+    if isinstance(node, dict):
+        return {k: with_current_user(v, user) for k, v in node.items()}
+    if isinstance(node, list):
+        return [with_current_user(v, user) for v in node]
+    if isinstance(node, str) and "${workspace.current_user." in node:
+        return _CURRENT_USER.sub(lambda m: user[m.group(1)], node)
+    return node
 
 
 def submit(w, resolved: dict[str, Any], wheel: Path, job_key: str = PIPELINE_JOB, run_name: str | None = None,
            timeout_seconds: int | None = None) -> int:
-    from databricks.sdk.service.jobs import SubmitTask
+    from databricks.sdk.service.jobs import JobEnvironment, SubmitTask
 
     remote = upload_wheel(w, wheel)
-    tasks = [SubmitTask.from_dict(t) for t in submit_tasks(resolved, job_key, remote)]
-    waiter = w.jobs.submit(run_name=run_name or f"sparkvision {job_key}", tasks=tasks, timeout_seconds=timeout_seconds)
+    resolved = with_current_user(resolved, current_user(w))
+    spec = submit_spec(resolved, job_key, remote)
+    tasks = [SubmitTask.from_dict(t) for t in spec["tasks"]]
+    environments = [JobEnvironment.from_dict(e) for e in spec.get("environments") or []] or None
+    waiter = w.jobs.submit(run_name=run_name or f"sparkvision {job_key}", tasks=tasks, environments=environments,
+                           timeout_seconds=timeout_seconds)
     return waiter.run_id
 
 
@@ -163,6 +239,8 @@ def report(w, run, output_dir: str | None = None) -> RunReport:
         state_message=(state.state_message or "") if state else "", tasks=tasks,
     )
     if result.succeeded and output_dir and output_dir.startswith("/Volumes/"):
+        if "${workspace.current_user." in output_dir:  # a dev target's per-user folder: the caller's
+            output_dir = with_current_user(output_dir, current_user(w))
         result.metrics = fetch_json(w, f"{output_dir.rstrip('/')}/evaluation/metrics.json")
     return result
 

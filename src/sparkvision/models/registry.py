@@ -81,15 +81,30 @@ def build_efficientnet_lite(spec: ModelSpec, weights_path: str | None):
 
 
 def check_keras_weights(spec: ModelSpec, path) -> None:
-    """The file must be HDF5 and load into the model built with random weights."""
+    """The file must be HDF5 whose arrays, by their declared shapes, are no larger than the model's own
+    weights (checked before any array is read: a crafted file cannot make Keras allocate gigabytes),
+    and must then load into the model built with random weights."""
     import h5py
+    import numpy as np
+
+    model = spec.build(None)
+    allowed = 2 * sum(int(np.prod(w.shape)) * 4 for w in model.weights) + 2**20  # float32, with room
+    declared: list[tuple[str, int]] = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            declared.append((name, int(np.prod(obj.shape, dtype=np.float64)) * obj.dtype.itemsize))
 
     try:
-        with h5py.File(path, "r"):
-            pass
-    except OSError as exc:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except (OSError, ValueError, TypeError) as exc:
         raise ValueError(f"{path}: not usable weights for {spec.name}: {exc}") from exc
-    model = spec.build(None)
+    total = sum(size for _, size in declared)
+    if total > allowed:
+        biggest = max(declared, key=lambda d: d[1])
+        raise ValueError(f"{path}: not usable weights for {spec.name}: its arrays declare {total:,} bytes, more than "
+                         f"the model's weights can hold ({allowed:,}); the largest is '{biggest[0]}' ({biggest[1]:,})")
     try:
         model.load_weights(path)
     except Exception as exc:  # Keras reports a mismatch as ValueError, a malformed file as almost anything

@@ -318,14 +318,14 @@ def resolve_weights(
     checksum (or none is found) the content cache and the mirror's ``sha256/<digest>`` are tried; the
     caller still checks what it gets.
 
-    ``mirror_url`` (or ``$SPARKVISION_WEIGHTS_MIRROR``) may carry ``user:password@``: those are kept in
-    memory for this process (:func:`sparkvision.secrets.remember_url_credentials`) and never shown.
-    The mirror's credentials (:func:`sparkvision.secrets.mirror_auth_header`) go to its origin only.
+    Credentials in ``mirror_url``'s userinfo are dropped, unused (:func:`sparkvision.secrets.clean_mirror_url`);
+    the mirror's credentials come from the environment or netrc
+    (:func:`sparkvision.secrets.mirror_auth_header`) and go to its origin only.
     """
     src = spec.weights
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     raw_mirror = mirror_url or os.environ.get(MIRROR_ENV)
-    mirror = secrets.remember_url_credentials(raw_mirror) if raw_mirror else None
+    mirror = secrets.clean_mirror_url(raw_mirror, "weights mirror") if raw_mirror else None
     expected = expected_sha256.strip().lower() if expected_sha256 else None
     if expected and not re.fullmatch(r"[0-9a-f]{64}", expected):
         log.warning("ignoring expected_sha256 %r for %s: not a sha256 (64 hex digits)", expected_sha256, spec.name)

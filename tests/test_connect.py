@@ -1,0 +1,136 @@
+"""Spark Connect: a real Connect server from PySpark's own distribution on 127.0.0.1 (its
+``sbin/start-connect-server.sh``), the pipeline and predict run through it by the CLI, in a client process
+that cannot start a JVM (py4j's gateway launcher raises), and the same results as the classic run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from chispa import assert_approx_df_equality, assert_df_equality
+from pyspark.sql import functions as F
+
+pytestmark = [pytest.mark.slow]
+
+JOB = ["--set", "train.reg_param=[0.01, 0.1]", "--set", "train.elastic_net_param=[0.0, 0.5]",
+       "--set", "train.max_iter=[50]", "--set", "train.folds=2"]
+METRICS = ("accuracy", "baseline_accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "f1_macro",
+           "roc_auc")
+# The Connect client: py4j's gateway cannot be launched, so any use of sparkContext, _jvm or _jsc fails.
+NO_JVM_CLIENT = """
+import sys
+import pyspark.context, pyspark.java_gateway
+
+def refuse(*args, **kwargs):
+    raise RuntimeError("a Spark Connect client tried to start a JVM (py4j gateway)")
+
+pyspark.java_gateway.launch_gateway = refuse
+pyspark.context.launch_gateway = refuse
+from sparkvision.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_REMOTE"}
+    env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
+               SPARK_HOME=str(Path(__import__("pyspark").__file__).parent))
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def connect_server(tmp_path_factory):
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        pytest.skip("no Java: a Spark Connect server needs a JVM")
+    state = tmp_path_factory.mktemp("connect")
+    port = _free_port()
+    env = _env(SPARK_LOG_DIR=str(state), SPARK_PID_DIR=str(state), SPARK_IDENT_STRING="sparkvision-test")
+    sbin = Path(env["SPARK_HOME"]) / "sbin"
+    subprocess.run(["bash", str(sbin / "start-connect-server.sh"), "--master", "local[2]",
+                    "--conf", f"spark.connect.grpc.binding.port={port}",
+                    "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+                    "--conf", "spark.ui.enabled=false"], env=env, check=True, capture_output=True, timeout=120)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    else:
+        logs = "\n".join(p.read_text()[-3000:] for p in state.glob("*.out"))
+        subprocess.run(["bash", str(sbin / "stop-connect-server.sh")], env=env, timeout=60)
+        pytest.fail(f"the Spark Connect server did not listen on {port}:\n{logs}")
+    yield f"sc://127.0.0.1:{port}"
+    subprocess.run(["bash", str(sbin / "stop-connect-server.sh")], env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    from sparkvision.sample_data import make_digits
+
+    return Path(make_digits(str(tmp_path_factory.mktemp("digits")), per_class=10, digits=(0, 1, 7)))
+
+
+def _cli(args: list[str], connect: bool = False) -> str:
+    cmd = [sys.executable, "-c", NO_JVM_CLIENT] if connect else [sys.executable, "-m", "sparkvision.cli"]
+    proc = subprocess.run(cmd + args, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def classic(images, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("classic")
+    _cli(["run", "--master", "local[2]", "--images", str(images), "--output", str(out), *JOB])
+    return out
+
+
+@pytest.fixture(scope="module")
+def over_connect(connect_server, images, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("over-connect")
+    _cli(["run", "--remote", connect_server, "--images", str(images), "--output", str(out), *JOB], connect=True)
+    return out
+
+
+def test_demo_over_connect_equals_the_classic_run(spark, classic, over_connect):
+    a, b = (json.loads((d / "evaluation" / "metrics.json").read_text()) for d in (classic, over_connect))
+    for key in METRICS:
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    assert a["confusion_matrix"] == b["confusion_matrix"]
+    ta, tb = (json.loads((d / "train.json").read_text())["tuning"] for d in (classic, over_connect))
+    assert ta["engine"] == tb["engine"] == "local" and ta["best_params"] == tb["best_params"]
+    pa, pb = (spark.read.parquet(str(d / "evaluation" / "predictions.parquet")) for d in (classic, over_connect))
+    cols = ["image_id", "label", "predicted_label"]
+    assert_df_equality(pa.select(cols), pb.select(cols), ignore_row_order=True)
+    probs = [p.select("image_id", F.posexplode("probability")) for p in (pa, pb)]
+    assert_approx_df_equality(probs[0], probs[1], 1e-6, ignore_row_order=True)
+
+
+def test_predict_over_connect_with_a_model_saved_classically(spark, connect_server, classic, images, tmp_path):
+    outs = {}
+    for mode in ("classic", "connect"):
+        outs[mode] = tmp_path / mode
+        where = ["--remote", connect_server] if mode == "connect" else ["--master", "local[2]"]
+        _cli(["predict", *where, "--model", str(classic / "model"), "--images", str(images),
+              "--output", str(outs[mode])], connect=mode == "connect")
+    pa, pb = (spark.read.parquet(str(outs[m] / "predictions.parquet")) for m in ("classic", "connect"))
+    assert pa.count() == 30
+    assert_df_equality(pa.select("image_id", "predicted_label"), pb.select("image_id", "predicted_label"),
+                       ignore_row_order=True)
+    probs = [p.select("image_id", F.posexplode("probability")) for p in (pa, pb)]
+    assert_approx_df_equality(probs[0], probs[1], 1e-6, ignore_row_order=True)

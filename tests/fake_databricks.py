@@ -110,7 +110,7 @@ class FakeWorkspace:
                 cluster = t.get("new_cluster") or {}
                 if not (cluster.get("spark_version") and cluster.get("node_type_id")):
                     self.problems.append(f"submit: task {key}: needs an inline new_cluster or an environment_key, got {sorted(t)}")
-                libs = [lib.get("whl") for lib in t.get("libraries") or []]
+                libs = [lib.get("whl") for lib in t.get("libraries") or [] if "whl" in lib]
                 if not libs or any(lib not in self.uploads for lib in libs):
                     self.problems.append(f"submit: task {key}: libraries {libs} are not uploaded wheels {sorted(self.uploads)}")
             for dep in t.get("depends_on") or []:

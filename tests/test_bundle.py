@@ -100,7 +100,8 @@ def test_classic_targets_declare_only_the_job_cluster_they_use(target):
         assert [c["job_cluster_key"] for c in job["job_clusters"]] == ["main"]
         assert "environments" not in job
         for task in job["tasks"]:
-            assert task["job_cluster_key"] == "main" and task["libraries"] == [{"whl": "../dist/*.whl"}]
+            assert task["job_cluster_key"] == "main" and task["libraries"] == [
+                {"whl": "../dist/*.whl"}, {"pypi": {"package": "tensorflow>=2.16,<3"}}, {"pypi": {"package": "keras>=3.0,<4"}}]
             assert "environment_key" not in task
         cluster = job["job_clusters"][0]["new_cluster"]  # infra/clusters/cpu.yml, Spark tuning included
         assert cluster["spark_version"] == "17.3.x-cpu-ml-scala2.13"
@@ -456,3 +457,15 @@ def test_schema_patterns_are_translated_for_python(schema):
     pattern = bundle._python_regex(r"\$\{(var(\.\p{L}+([-_]*[\p{L}\p{N}]+)*(\[[0-9]+\])*)+)\}")
     assert re.fullmatch(pattern, "${var.cpu_cluster}") and re.fullmatch(pattern, "${var.größe2}")
     assert not re.fullmatch(pattern, "${var.}") and not re.fullmatch(pattern, "${var.2x}")
+
+
+@pytest.mark.parametrize("target", ["dev", "dev-serverless"])
+def test_the_stack_tasks_install_is_the_wheels_stack_extra(bundle_copy, target):
+    """Task libraries and serverless dependencies carry pyproject.toml's `stack` ranges; another range is refused."""
+    bundle.validate(bundle_copy, target)
+    compute = bundle_copy / "jobs" / "compute.yml"
+    compute.write_text(compute.read_text().replace("tensorflow>=2.16,<3", "tensorflow>=2.10"))
+    with pytest.raises(bundle.BundleError) as info:
+        bundle.validate(bundle_copy, target)
+    assert "the run-time stack's range for tensorflow is '<3,>=2.16'" in str(info.value)
+    assert "jobs/compute.yml" in str(info.value)

@@ -13,6 +13,8 @@ from sparkvision.deploy import bundle, databricks
 from fake_databricks import METRICS, SHORT_NAME, TOKEN, USER, FakeWorkspace
 
 pytest.importorskip("databricks.sdk")
+# The run-time stack's TensorFlow and Keras, which classic tasks install beside the wheel (jobs/compute.yml).
+STACK_LIBRARIES = [{"pypi": {"package": "tensorflow>=2.16,<3"}}, {"pypi": {"package": "keras>=3.0,<4"}}]
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL_DIR = f"/Workspace/Users/{USER}/.sparkvision/wheels"
 
@@ -69,7 +71,7 @@ def test_submit_runs_the_bundle_pipeline_and_reports_metrics(workspace, wheel, c
     cluster = tasks[0]["new_cluster"]
     assert cluster["spark_conf"]["spark.executor.memory"] == "8g"  # infra/clusters/cpu.yml
     assert cluster["data_security_mode"] == "DATA_SECURITY_MODE_DEDICATED" and cluster["kind"] == "CLASSIC_PREVIEW"
-    assert all(t["libraries"] == [{"whl": f"{WHEEL_DIR}/{wheel.name}"}] for t in tasks)
+    assert all(t["libraries"] == [{"whl": f"{WHEEL_DIR}/{wheel.name}"}, *STACK_LIBRARIES] for t in tasks)
     assert "environments" not in workspace.submitted
     assert list(workspace.uploads) == [f"{WHEEL_DIR}/{wheel.name}"]
     assert "run 101: TERMINATED SUCCESS" in text and f"{workspace.url}/#job/1/run/101" in text
@@ -98,7 +100,8 @@ def test_submit_serverless_sends_environments_and_environment_keys(workspace, wh
     assert code == 0, text
     body = workspace.submitted
     assert body["environments"] == [{"environment_key": "default", "spec": {
-        "environment_version": "4", "dependencies": [f"{WHEEL_DIR}/{wheel.name}", "tensorflow>=2.16,<3"]}}]
+        "environment_version": "4", "dependencies": [f"{WHEEL_DIR}/{wheel.name}", "tensorflow>=2.16,<3",
+                                                      "keras>=3.0,<4"]}}]
     tasks = body["tasks"]
     assert [t["task_key"] for t in tasks] == ["load", "featurize", "train", "evaluate"]
     for t in tasks:

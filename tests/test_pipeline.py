@@ -305,3 +305,19 @@ def test_predict_lists_images_the_saved_featurizer_cannot_use(spark, run_dir, di
     assert [r["image_id"] for r in rejected] == ["big.png"]
     assert "featurizer cannot use it: too many pixels" in rejected[0]["reason"]
     assert spark.read.parquet(str(out / "predictions.parquet")).count() == 10
+
+
+def test_output_as_a_file_uri_writes_only_there(spark, run_dir, digits_small, tmp_path, monkeypatch):
+    """`--output file:///...` is the folder, for every stage and predict: nothing lands in the working
+    directory (a path join of a URI would make a local folder named "file:")."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = tmp_path / "uri-run"
+    assert cli.main(["run", "--images", str(digits_small), "--output", out.as_uri(), *_args()]) == 0
+    assert cli.main(["predict", "--model", (out / "model").as_uri(), "--images", str(digits_small),
+                     "--output", (tmp_path / "uri-pred").as_uri()]) == 0
+    assert not any(cwd.iterdir()), list(cwd.rglob("*"))
+    a, b = (json.loads((d / "evaluation" / "metrics.json").read_text()) for d in (run_dir, out))
+    assert a["accuracy"] == b["accuracy"] and a["confusion_matrix"] == b["confusion_matrix"]
+    assert spark.read.parquet(str(tmp_path / "uri-pred" / "predictions.parquet")).count() == 30

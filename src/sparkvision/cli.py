@@ -132,6 +132,9 @@ def _pipeline(args: argparse.Namespace) -> int:
     from .layout import RunLayout
     from .spark import spark_from_config
 
+    from . import stack
+
+    stack.check()
     cfg = resolve_config(args)
     demo = _is_demo(cfg, args)
     if args.command == "load" and not (cfg["data"]["images"] or cfg["data"]["manifest"]):
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models.torch_legacy import CheckpointError
     from .models.weights import ChecksumMismatchError, WeightsNotFoundError
     from .provenance import StaleOutput
+    from .stack import StackError
     from .storage import OutputLocked
 
     try:
@@ -179,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             return _weights(args)
         return _pipeline(args)
     except (config_mod.ConfigError, ClusterSpecError, LoadError, FileNotFoundError, WeightsNotFoundError,
-            StaleOutput, OutputLocked, CheckpointError, WeightsChecksumError, ChecksumMismatchError) as exc:
+            StaleOutput, OutputLocked, CheckpointError, WeightsChecksumError, ChecksumMismatchError,
+            StackError) as exc:
         print(f"sparkvision: error: {secrets.redact_text(str(exc))}", file=sys.stderr)
         return 2
 

@@ -42,13 +42,24 @@ def local_path(uri: str) -> str:
     return os.path.abspath(uri)
 
 
+# Hadoop's names for the object stores pyarrow knows by another.
+_SCHEMES = {"s3a": "s3", "s3n": "s3"}
+
+
 def filesystem(uri: str):
-    """``(pyarrow FileSystem, path inside it)`` for a local path or a URI."""
+    """``(pyarrow FileSystem, path inside it)`` for a local path or a URI.
+
+    ``s3a://`` / ``s3n://`` (Hadoop's S3 names, what Spark writes to) are S3; ``dbfs:/x`` is Databricks'
+    FUSE mount ``/dbfs/x``; ``/Volumes/...`` is a local path there. Credentials and endpoints come from the
+    environment as each store's SDK reads them (AWS_*, AZURE_*, GOOGLE_*), never from the URI."""
     import pyarrow.fs as pafs
 
+    if uri.startswith("dbfs:"):
+        return pafs.LocalFileSystem(), "/dbfs/" + uri[len("dbfs:"):].lstrip("/")
     if is_local(uri):
         return pafs.LocalFileSystem(), local_path(uri)
-    return pafs.FileSystem.from_uri(uri)
+    scheme, rest = uri.split("://", 1)
+    return pafs.FileSystem.from_uri(f"{_SCHEMES.get(scheme.lower(), scheme)}://{rest}")
 
 
 def exists(uri: str) -> bool:
@@ -182,7 +193,16 @@ def staging(uri: str) -> str:
 
 
 def replace_with(tmp: str, target: str) -> None:
-    """Move ``tmp`` to ``target``, replacing what was there (the old one is moved aside first)."""
+    """Move ``tmp`` to ``target``, replacing what was there (the old one is moved aside first).
+
+    Object stores have no rename of a folder: there the folder's objects are copied, its marker
+    (``_sparkvision.json``) last, and the staging deleted. A reader takes a folder as complete only when its
+    marker carries the fingerprint of the stage record it reads (:mod:`sparkvision.provenance`), so a copy
+    interrupted halfway is refused, never read as a whole output: the write-then-commit-marker protocol.
+    """
+    if not is_local(target) and is_dir(tmp):
+        _replace_by_copy(tmp, target)
+        return
     fs, dst = filesystem(target)
     _, src = filesystem(tmp)
     old = f"{dst.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
@@ -197,6 +217,19 @@ def replace_with(tmp: str, target: str) -> None:
         raise
     if had_old:
         delete(_same_scheme(target, old))
+
+
+def _replace_by_copy(tmp: str, target: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, src = filesystem(tmp)
+    _, dst = filesystem(target)
+    delete(target)
+    files = [i for i in fs.get_file_info(pafs.FileSelector(src, recursive=True)) if i.type == pafs.FileType.File]
+    files.sort(key=lambda i: i.base_name == MARKER)  # the marker last: it commits the folder
+    for info in files:
+        fs.copy_file(info.path, dst + info.path[len(src):])
+    delete(tmp)
 
 
 def _same_scheme(uri: str, path: str) -> str:

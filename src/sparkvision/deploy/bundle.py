@@ -507,6 +507,49 @@ def _project_scripts(root: Path) -> tuple[str | None, set[str]]:
     return project.get("name"), names
 
 
+def _stack_ranges(root: Path) -> dict[str, str]:
+    """``{package: specifier}`` of the wheel's ``stack`` extra in pyproject.toml (what a job needs at run time)."""
+    try:
+        import tomllib
+        from packaging.requirements import Requirement
+    except ImportError:  # Python 3.10: nothing to compare with
+        return {}
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    extras = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {}).get("optional-dependencies", {})
+    return {Requirement(r).name: str(Requirement(r).specifier) for r in extras.get("stack", [])}
+
+
+def _stack_problems(bundle: Bundle, cfg: dict, target: str) -> list[str]:
+    """Packages of the run-time stack that tasks install (``pypi`` libraries, serverless dependencies) must
+    carry the ranges of the wheel's ``stack`` extra: one place for them, pyproject.toml."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    ranges = _stack_ranges(bundle.root)
+    out = []
+    for name, job in _mapping(_mapping(cfg.get("resources")).get("jobs")).items():
+        specs = []
+        for i, task in enumerate(job.get("tasks") or []):
+            for k, lib in enumerate(task.get("libraries") or []):
+                pkg = _mapping(_mapping(lib).get("pypi")).get("package")
+                if pkg:
+                    specs.append((("resources", "jobs", name, "tasks", i, "libraries", k, "pypi", "package"), pkg))
+        for i, env in enumerate(job.get("environments") or []):
+            for k, dep in enumerate(_mapping(_mapping(env).get("spec")).get("dependencies") or []):
+                if isinstance(dep, str) and "/" not in dep and not dep.endswith(".whl"):  # a pip requirement
+                    specs.append((("resources", "jobs", name, "environments", i, "spec", "dependencies", k), dep))
+        for path, text in specs:
+            try:
+                req = Requirement(text)
+            except InvalidRequirement:
+                continue
+            if req.name in ranges and str(req.specifier) != ranges[req.name]:
+                out.append(f"{bundle.where(path, target, cfg)}: {text!r}: the run-time stack's range for {req.name} is "
+                           f"{ranges[req.name]!r} (pyproject.toml, extra 'stack')")
+    return out
+
+
 def _is_local_path(ref: str) -> bool:
     return not ref.startswith(("/", "dbfs:", "s3:", "s3a:", "abfss:", "gs:", "${"))
 
@@ -683,6 +726,7 @@ def validate(root: str | os.PathLike = ".", target: str | None = None, overrides
     if schema_file:
         problems += schema_problems(cfg, schema_file, bundle, target=target)
     problems += _typed_job_problems(bundle, cfg)
+    problems += _stack_problems(bundle, cfg, target)
     if problems:
         raise BundleError(problems)
     jobs = _mapping(_mapping(cfg.get("resources")).get("jobs"))

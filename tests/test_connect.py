@@ -93,17 +93,18 @@ def _cli(args: list[str], connect: bool = False) -> str:
     return proc.stdout + proc.stderr
 
 
+# The demo: `sparkvision run` without input (scikit-learn's digits, 10 classes x 20 images), as is.
 @pytest.fixture(scope="module")
-def classic(images, tmp_path_factory) -> Path:
+def classic(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("classic")
-    _cli(["run", "--master", "local[2]", "--images", str(images), "--output", str(out), *JOB])
+    _cli(["run", "--master", "local[2]", "--output", str(out)])
     return out
 
 
 @pytest.fixture(scope="module")
-def over_connect(connect_server, images, tmp_path_factory) -> Path:
+def over_connect(connect_server, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("over-connect")
-    _cli(["run", "--remote", connect_server, "--images", str(images), "--output", str(out), *JOB], connect=True)
+    _cli(["run", "--remote", connect_server, "--output", str(out)], connect=True)
     return out
 
 
@@ -134,3 +135,35 @@ def test_predict_over_connect_with_a_model_saved_classically(spark, connect_serv
                        ignore_row_order=True)
     probs = [p.select("image_id", F.posexplode("probability")) for p in (pa, pb)]
     assert_approx_df_equality(probs[0], probs[1], 1e-6, ignore_row_order=True)
+
+
+COMPAT = """
+import json, sys
+import numpy as np
+from pyspark.sql import SparkSession
+from sparkvision.compat.sparkdl import DeepImageFeaturizer, readImages
+
+spark = SparkSession.builder.remote(sys.argv[1]).getOrCreate() if sys.argv[1] != "classic" else (
+    SparkSession.builder.master("local[2]").getOrCreate())
+images = readImages(sys.argv[2])
+featurizer = DeepImageFeaturizer(inputCol="image", outputCol="features", modelName="efficientnet_lite0")
+rows = featurizer.transform(images).select("filePath", "features").orderBy("filePath").collect()
+print("RESULT " + json.dumps([[r.filePath.rsplit("/", 2)[-2:], r.features.toArray().tolist()] for r in rows]))
+"""
+
+
+def test_the_sparkdl_compat_layer_over_connect(connect_server, images):
+    """readImages + the sparkdl-style featurizer through Spark Connect give the classic features."""
+    results = {}
+    for mode in ("classic", connect_server):
+        code = COMPAT if mode == "classic" else NO_JVM_CLIENT.split("from sparkvision.cli")[0] + COMPAT
+        proc = subprocess.run([sys.executable, "-c", code, mode, str(images)], env=_env(), capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+        results[mode] = json.loads(line[len("RESULT "):])
+    a, b = results["classic"], results[connect_server]
+    assert [r[0] for r in a] == [r[0] for r in b] and len(a) == 30
+    import numpy as np
+
+    np.testing.assert_allclose(np.array([r[1] for r in b]), np.array([r[1] for r in a]), atol=1e-5)

@@ -63,19 +63,25 @@ def _spark() -> SparkSession:
 STRUCT_BATCH_BYTES = 32 * 2**20
 
 
-@F.pandas_udf(IMAGE_SCHEMA)
-def _to_image_struct(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-    """Decode to image structs, yielding batches of at most ~STRUCT_BATCH_BYTES of pixels."""
-    for paths, contents in batches:
-        rows, size = [], 0
-        for path, data in zip(paths, contents):
-            rows.append(imglib.to_image_struct(imglib.decode_rgb(data), origin=path))
-            size += len(rows[-1]["data"])
-            if size >= STRUCT_BATCH_BYTES:
+def _to_image_struct_udf():
+    """The decoding UDF, made when called: a pandas UDF is a classic or a Spark Connect one depending on
+    the session at the time it is made, and this module may be imported before either exists."""
+
+    @F.pandas_udf(IMAGE_SCHEMA)
+    def to_image_struct(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        """Decode to image structs, yielding batches of at most ~STRUCT_BATCH_BYTES of pixels."""
+        for paths, contents in batches:
+            rows, size = [], 0
+            for path, data in zip(paths, contents):
+                rows.append(imglib.to_image_struct(imglib.decode_rgb(data), origin=path))
+                size += len(rows[-1]["data"])
+                if size >= STRUCT_BATCH_BYTES:
+                    yield pd.DataFrame(rows, columns=IMAGE_SCHEMA.fieldNames())
+                    rows, size = [], 0
+            if rows:
                 yield pd.DataFrame(rows, columns=IMAGE_SCHEMA.fieldNames())
-                rows, size = [], 0
-        if rows:
-            yield pd.DataFrame(rows, columns=IMAGE_SCHEMA.fieldNames())
+
+    return to_image_struct
 
 
 def readImagesWithRejects(imageDirectory: str, numPartition: int | None = None) -> tuple[DataFrame, DataFrame]:
@@ -84,7 +90,7 @@ def readImagesWithRejects(imageDirectory: str, numPartition: int | None = None) 
     spark = _spark()
     data = config.defaults()["data"]
     found, rejected, counts = predict.unlabelled_images(spark, imageDirectory, data)
-    images = found.select(F.col("path").alias("filePath"), _to_image_struct("path", "content").alias("image"))
+    images = found.select(F.col("path").alias("filePath"), _to_image_struct_udf()("path", "content").alias("image"))
     if numPartition:
         images = images.repartition(numPartition)
     if counts["rejected"]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
+from conftest import free_port, wait_for_port
 from pyspark.sql import functions as F
 
 pytestmark = [pytest.mark.slow]
@@ -39,12 +38,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "SPARK_REMOTE"}
     env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
@@ -58,20 +51,14 @@ def connect_server(tmp_path_factory):
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
         pytest.skip("no Java: a Spark Connect server needs a JVM")
     state = tmp_path_factory.mktemp("connect")
-    port = _free_port()
+    port = free_port()
     env = _env(SPARK_LOG_DIR=str(state), SPARK_PID_DIR=str(state), SPARK_IDENT_STRING="sparkvision-test")
     sbin = Path(env["SPARK_HOME"]) / "sbin"
     subprocess.run(["bash", str(sbin / "start-connect-server.sh"), "--master", "local[2]",
                     "--conf", f"spark.connect.grpc.binding.port={port}",
                     "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
                     "--conf", "spark.ui.enabled=false"], env=env, check=True, capture_output=True, timeout=120)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.5)
-    else:
+    if not wait_for_port(port, 120):
         logs = "\n".join(p.read_text()[-3000:] for p in state.glob("*.out"))
         subprocess.run(["bash", str(sbin / "stop-connect-server.sh")], env=env, timeout=60)
         pytest.fail(f"the Spark Connect server did not listen on {port}:\n{logs}")

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
+from conftest import free_port
 from pyspark.sql import functions as F
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -39,12 +39,6 @@ JOB = [
 ]
 METRICS = ("accuracy", "baseline_accuracy", "precision_weighted", "recall_weighted", "f1_weighted",
            "f1_macro", "roc_auc")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 AUTH_ENV = ("SPARKVISION_SPARK_SECRET_FILE", "SPARK_AUTH_SECRET", "SPARKVISION_INSECURE", "_SPARK_AUTH_SECRET")
@@ -64,8 +58,8 @@ def cluster(tmp_path_factory):
     if not os.environ.get("JAVA_HOME") and not shutil.which("java"):
         pytest.skip("no Java: a standalone master needs a JVM")
     state = tmp_path_factory.mktemp("cluster")
-    ui_port = _free_port()
-    env = _env(SPARK_MASTER_PORT=str(_free_port()), SPARK_MASTER_WEBUI_PORT=str(ui_port))
+    ui_port = free_port()
+    env = _env(SPARK_MASTER_PORT=str(free_port()), SPARK_MASTER_WEBUI_PORT=str(ui_port))
     for name in AUTH_ENV:  # local-cluster.sh generates the secret
         env.pop(name, None)
     url = subprocess.run(["bash", str(SCRIPT), "start", str(state)], env=env, check=True, capture_output=True,
@@ -109,7 +103,7 @@ def local_run(images, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cluster_run(cluster, images, local_run, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("on-cluster")
-    log = _finish(_submit(cluster, images, out, _free_port()))
+    log = _finish(_submit(cluster, images, out, free_port()))
     return out, log
 
 
@@ -234,7 +228,7 @@ def _featurize_job(ui_port: int) -> dict | None:
 
 def test_worker_killed_during_featurization(spark, cluster, cluster_run, images, tmp_path):
     """SIGKILL worker 1 (and its executor and Python workers) while both workers are featurizing."""
-    out, ui_port = tmp_path / "fault", _free_port()
+    out, ui_port = tmp_path / "fault", free_port()
     proc = _submit(cluster, images, out, ui_port)
     deadline, job = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
+from conftest import free_port, wait_for_port
 
 from sparkvision import storage
 from sparkvision.layout import MARKER, EvaluationLayout, RunLayout
@@ -23,26 +22,15 @@ from sparkvision.layout import MARKER, EvaluationLayout, RunLayout
 BUCKET = "sparkvision-runs"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server():
     server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
     if server is None:
         pytest.skip("moto's server is not installed (pip install 'moto[server]'; the test extra has it)")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.2)
+    assert wait_for_port(port, 30), "moto's S3 server did not start"
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=30)

@@ -57,11 +57,7 @@ def get_spark(master: str | None = None, app_name: str = "sparkvision", conf: di
     from pyspark.sql.utils import is_remote as connect_mode
 
     if connect_mode():  # a Spark Connect environment (Databricks serverless, standard access mode): its session
-        spark = SparkSession.builder.getOrCreate()
-        for key, value in {**SESSION_DEFAULTS, **{k: str(v) for k, v in (conf or {}).items()}}.items():
-            if key.startswith("spark.sql."):
-                spark.conf.set(key, value)
-        return spark
+        return _with_sql_settings(SparkSession.builder.getOrCreate(), conf)
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
@@ -117,13 +113,22 @@ def _connect(url: str, master: str | None, app_name: str, conf: dict | None):
                          "server decides where jobs run; drop --master / spark.master, or --remote / SPARK_REMOTE")
     builder = SparkSession.builder.remote(url).appName(app_name)
     if url.startswith("local"):  # a server started here: it takes static settings like any local session
-        for key, value in {**SESSION_DEFAULTS, **{k: str(v) for k, v in (conf or {}).items()}}.items():
+        for key, value in _settings(conf).items():
             builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    if not url.startswith("local"):
-        for key, value in {**SESSION_DEFAULTS, **{k: str(v) for k, v in (conf or {}).items()}}.items():
-            if key.startswith("spark.sql."):
-                spark.conf.set(key, value)
+        return builder.getOrCreate()
+    return _with_sql_settings(builder.getOrCreate(), conf)
+
+
+def _settings(conf: dict | None) -> dict[str, str]:
+    """Our session defaults, overridden by the job's own ``spark.conf``."""
+    return {**SESSION_DEFAULTS, **{k: str(v) for k, v in (conf or {}).items()}}
+
+
+def _with_sql_settings(spark, conf: dict | None):
+    """A session we did not start: only its runtime SQL settings can still be set."""
+    for key, value in _settings(conf).items():
+        if key.startswith("spark.sql."):
+            spark.conf.set(key, value)
     return spark
 
 

@@ -79,6 +79,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     KERAS_BACKEND=tensorflow \
     TF_CPP_MIN_LOG_LEVEL=2 \
     PYTHONUNBUFFERED=1
+# The commit the image was built from (MLflow runs started in it are tagged with it); last, so that a new
+# commit rebuilds no earlier layer.
+ARG SPARKVISION_GIT_COMMIT=""
+ENV SPARKVISION_GIT_COMMIT=$SPARKVISION_GIT_COMMIT
 USER spark
 WORKDIR /work
 # 8080: master UI, 7077: master, 8081: worker UI, 4040: driver UI

@@ -14,6 +14,7 @@ SCHEMA = ROOT.parent / "shared" / "databricks" / "bundle-jsonschema.json"
 TOKEN = "dapi" + "0123456789abcdef" * 2
 CLASSIC, SERVERLESS = ["dev", "prod"], ["dev-serverless", "prod-serverless"]
 TARGETS = CLASSIC + SERVERLESS
+DEV, PROD = ["dev", "dev-serverless"], ["prod", "prod-serverless"]
 JOBS = ("sparkvision_pipeline", "sparkvision_predict")
 CLUSTER_FIELDS = {"job_cluster_key", "new_cluster", "existing_cluster_id"}
 
@@ -85,6 +86,7 @@ def test_resolved_bundle_validates_against_the_official_schema(schema, target):
     assert result["schema"] == str(schema) and result["target"] == target
     job = _jobs(result["config"])["sparkvision_pipeline"]
     assert [t["task_key"] for t in job["tasks"]] == ["load", "featurize", "train", "evaluate"]
+    assert {"jobs", "experiments", "registered_models"} <= set(result["config"]["resources"])
     assert not bundle.schema_problems(result["config"], schema, bundle.load(ROOT))
 
 
@@ -250,6 +252,152 @@ def test_generated_cluster_include_is_current():
     variables = yaml.safe_load((ROOT / bundle.CLUSTERS_INCLUDE).read_text())["variables"]
     for name in ("cpu_cluster", "gpu_cluster"):
         assert variables[name]["default"]["kind"] == "CLASSIC_PREVIEW"
+
+
+# ---- MLflow: the experiment and the registered model ----------------------------------------------------
+
+EXPERIMENT_REF = "${resources.experiments.sparkvision.name}"
+MODEL_REF = ("${resources.registered_models.sparkvision_classifier.catalog_name}."
+             "${resources.registered_models.sparkvision_classifier.schema_name}."
+             "${resources.registered_models.sparkvision_classifier.name}")
+SP = "6f1c2a4e-0000-4000-8000-00000000abcd"
+
+
+def _params(cfg, task, job="sparkvision_pipeline"):
+    return next(t for t in _jobs(cfg)[job]["tasks"] if t["task_key"] == task)["python_wheel_task"]["parameters"]
+
+
+def _mlflow(cfg):
+    return cfg["resources"]["experiments"]["sparkvision"], cfg["resources"]["registered_models"]["sparkvision_classifier"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_experiment_and_the_registered_model_are_declared(target):
+    cfg, values = bundle.resolve_with_variables(bundle.load(ROOT), target, {"catalog": "vision", "schema": "ml"})
+    experiment, model = _mlflow(cfg)
+    home = "${var.service_principal}" if target in PROD else "${workspace.current_user.userName}"
+    assert experiment["name"] == values["experiment"] == f"/Workspace/Users/{home}/sparkvision-{target}"
+    assert (model["catalog_name"], model["schema_name"]) == ("vision", "ml")  # the volume's catalog and schema
+    # dev and dev-serverless are two deployments of one developer: two models (a name is one model)
+    assert model["name"] == values["registered_model"] == (
+        "sparkvision_classifier_serverless" if target == "dev-serverless" else "sparkvision_classifier")
+    assert "sparkvision" in model["comment"]
+    doc = yaml.safe_load((ROOT / "jobs" / "sparkvision_mlflow.yml").read_text())
+    assert doc["resources"]["experiments"]["sparkvision"]["name"] == "${var.experiment}"
+    assert doc["resources"]["registered_models"]["sparkvision_classifier"]["name"] == "${var.registered_model}"
+
+
+def test_mlflow_names_come_from_variables():
+    cfg = bundle.resolve(bundle.load(ROOT), "prod", {"experiment": "/Shared/vision", "registered_model": "vision_model"})
+    experiment, model = _mlflow(cfg)
+    assert experiment["name"] == "/Shared/vision" and model["name"] == "vision_model"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_train_and_evaluate_log_to_the_experiment_and_evaluate_registers(target):
+    cfg = bundle.validate(ROOT, target)["config"]
+    experiment = ["--set", f"mlflow.experiment={EXPERIMENT_REF}"]
+    assert _params(cfg, "train") == ["--output", _params(cfg, "load")[3], "--network", "efficientnet_lite0", *experiment]
+    evaluate = _params(cfg, "evaluate")
+    assert evaluate[4:] == [*experiment, "--register", MODEL_REF, "--set", "mlflow.promote_champion=false"]
+    for task in ("load", "featurize"):
+        assert not any("mlflow" in p or p == "--register" for p in _params(cfg, task))
+    # predict keeps the run's model folder: the champion alias exists only once a version was promoted
+    assert _params(cfg, "predict", "sparkvision_predict")[:2] == ["--model", f"{_params(cfg, 'load')[3]}/model"]
+    champion = "models:/main.sparkvision.sparkvision_classifier@champion"
+    cfg = bundle.validate(ROOT, target, {"promote_champion": "true", "predict_model": champion})["config"]
+    assert _params(cfg, "evaluate")[-2:] == ["--set", "mlflow.promote_champion=true"]
+    assert _params(cfg, "predict", "sparkvision_predict")[:2] == ["--model", champion]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_jobs_get_the_names_as_deployed(target):
+    """References, so development mode's prefixes follow; offline they resolve as the CLI names the resources."""
+    result = bundle.validate(ROOT, target, {"service_principal": SP} if target in PROD else {})
+    assert result["mode"] == ("development" if target in DEV else "production")
+    cfg = bundle.with_resource_references(result["config"], result["config"], result["mode"])
+    if target in DEV:
+        name = f"/Workspace/Users/${{workspace.current_user.userName}}/[dev ${{workspace.current_user.short_name}}] sparkvision-{target}"
+        model = "main.sparkvision.dev_${workspace.current_user.short_name}_sparkvision_classifier"
+        model += "_serverless" if target == "dev-serverless" else ""
+    else:
+        name, model = f"/Workspace/Users/{SP}/sparkvision-{target}", "main.sparkvision.sparkvision_classifier"
+    assert _params(cfg, "train")[-2:] == ["--set", f"mlflow.experiment={name}"]
+    evaluate = _params(cfg, "evaluate")
+    assert evaluate[evaluate.index("--set") + 1] == f"mlflow.experiment={name}"
+    assert evaluate[evaluate.index("--register") + 1] == model
+    assert _mlflow(cfg)[0]["name"] == _mlflow(result["config"])[0]["name"]  # only the references change
+
+
+def test_name_prefixes_follow_the_cli():
+    assert bundle.deployed_name("registered_models", "m", "[dev jane_doe] ") == "dev_jane_doe_m"
+    assert bundle.deployed_name("registered_models", "m", "[Dev Jane.Doe] ") == "dev_jane_doe_m"
+    assert bundle.deployed_name("experiments", "/Workspace/Users/j@x.com/e", "[dev j] ") == "/Workspace/Users/j@x.com/[dev j] e"
+    assert bundle.deployed_name("jobs", "p", "[dev j] ") == "[dev j] p"
+    assert bundle.deployed_name("volumes", "data", "[dev j] ") == "data"
+    assert bundle.deployed_name("registered_models", "m", "") == "m"
+    assert bundle.name_prefix({"presets": {"name_prefix": "ci_"}}, "development") == "ci_"
+    assert bundle.name_prefix({}, "development") == bundle.DEV_PREFIX and bundle.name_prefix({}, "production") == ""
+    ref = {"p": "x=${resources.experiments.e.name}", "q": "${resources.experiments.e.id}", "r": "${resources.jobs.nope.name}"}
+    cfg = {"resources": {"experiments": {"e": {"name": "/Shared/e"}}}}
+    assert bundle.with_resource_references(ref, cfg, prefix="[dev j] ") == {
+        "p": "x=/Shared/[dev j] e", "q": "${resources.experiments.e.id}", "r": "${resources.jobs.nope.name}"}
+
+
+@pytest.mark.parametrize("target", PROD)
+def test_prod_grants_the_readers_from_variables(project, schema, target):
+    experiment, model = _mlflow(bundle.resolve(bundle.load(ROOT), target))
+    assert model["grants"] == [{"principal": "account users", "privileges": ["EXECUTE"]}]
+    assert experiment["permissions"] == [{"group_name": "users", "level": "CAN_READ"}]
+    assert experiment["lifecycle"] == model["lifecycle"] == {"prevent_destroy": True}
+    _var_file(project, target, {"model_readers": "ml-consumers", "experiment_readers": "ml-viewers"})
+    experiment, model = _mlflow(bundle.validate(project, target, schema=str(schema))["config"])
+    assert model["grants"] == [{"principal": "ml-consumers", "privileges": ["EXECUTE"]}]
+    assert experiment["permissions"] == [{"group_name": "ml-viewers", "level": "CAN_READ"}]
+
+
+@pytest.mark.parametrize("target", DEV)
+def test_dev_grants_nothing(target):
+    for resource in _mlflow(bundle.resolve(bundle.load(ROOT), target)):
+        assert not {"grants", "permissions", "lifecycle"} & set(resource)
+
+
+def test_reference_to_an_undeclared_resource(project):
+    _edit(project / "jobs" / "sparkvision_pipeline.yml", lambda d: _pipeline(d)["tasks"][2]["python_wheel_task"][
+        "parameters"].append("mlflow.experiment=${resources.experiments.sparkvison.name}"))
+    text = _problems(project)
+    assert ("jobs/sparkvision_pipeline.yml: resources.jobs.sparkvision_pipeline.tasks[2].python_wheel_task.parameters[6]: "
+            "${resources.experiments.sparkvison.name}: target dev declares no resources.experiments.sparkvison") in text
+    assert "experiments.sparkvision, registered_models.sparkvision_classifier" in text
+
+
+def test_reference_to_a_field_resources_do_not_have(project, schema):
+    def change(d):
+        params = _pipeline(d)["tasks"][3]["python_wheel_task"]["parameters"]
+        params += ["${resources.registered_models.sparkvision_classifier.catalog}",  # catalog_name
+                   "${resources.registered_models.sparkvision_classifier.full_name}",  # set at deploy: fine
+                   "${resources.experiments.sparkvision.id}"]
+    _edit(project / "jobs" / "sparkvision_pipeline.yml", change)
+    text = _problems(project, schema)
+    assert ("parameters[10]: ${resources.registered_models.sparkvision_classifier.catalog}: resources.registered_models "
+            "have no field 'catalog'") in text
+    assert "full_name" not in text and ".id" not in text
+
+
+def test_resource_keys_are_unique_across_kinds(project):
+    _edit(project / "jobs" / "sparkvision_mlflow.yml",
+          lambda d: d["resources"]["experiments"].update(sparkvision_pipeline={"name": "/Shared/x"}))
+    assert ("resource key 'sparkvision_pipeline' is used by resources.experiments.sparkvision_pipeline "
+            "(jobs/sparkvision_mlflow.yml) and resources.jobs.sparkvision_pipeline (jobs/sparkvision_pipeline.yml)"
+            ) in _problems(project)
+
+
+def test_mlflow_names_the_workspace_refuses(project):
+    text = _problems(project, overrides={"experiment": "sparkvision", "registered_model": "main.sparkvision.m"})
+    assert ("jobs/sparkvision_mlflow.yml: resources.experiments.sparkvision.name: 'sparkvision': an experiment name is "
+            "a workspace path") in text
+    assert ("jobs/sparkvision_mlflow.yml: resources.registered_models.sparkvision_classifier.name: 'main.sparkvision.m': "
+            "one part of the three-level name") in text
 
 
 # ---- variables ----------------------------------------------------------------------------------------

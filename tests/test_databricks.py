@@ -76,6 +76,12 @@ def test_submit_runs_the_bundle_pipeline_and_reports_metrics(workspace, wheel, c
     assert list(workspace.uploads) == [f"{WHEEL_DIR}/{wheel.name}"]
     assert "run 101: TERMINATED SUCCESS" in text and f"{workspace.url}/#job/1/run/101" in text
     assert f"accuracy {METRICS['accuracy']}" in text  # read from the per-user folder
+    # The bundle's experiment and registered model, named as a dev deployment of the caller names them
+    experiment = ["--set", f"mlflow.experiment=/Workspace/Users/{USER}/[dev {SHORT_NAME}] sparkvision-dev"]
+    assert tasks[2]["python_wheel_task"]["parameters"][-2:] == experiment
+    assert tasks[3]["python_wheel_task"]["parameters"][4:] == [
+        *experiment, "--register", f"main.sparkvision.dev_{SHORT_NAME}_sparkvision_classifier",
+        "--set", "mlflow.promote_champion=false"]
 
 
 def test_submit_with_the_gpu_cluster_from_the_variable_file(workspace, wheel, project, capsys, caplog):
@@ -101,7 +107,7 @@ def test_submit_serverless_sends_environments_and_environment_keys(workspace, wh
     body = workspace.submitted
     assert body["environments"] == [{"environment_key": "default", "spec": {
         "environment_version": "4", "dependencies": [f"{WHEEL_DIR}/{wheel.name}", "tensorflow>=2.16,<3",
-                                                      "keras>=3.0,<4"]}}]
+                                                      "keras>=3.0,<4", "mlflow-skinny>=3.1,<4"]}}]
     tasks = body["tasks"]
     assert [t["task_key"] for t in tasks] == ["load", "featurize", "train", "evaluate"]
     for t in tasks:
@@ -109,6 +115,9 @@ def test_submit_serverless_sends_environments_and_environment_keys(workspace, wh
         assert not {"new_cluster", "job_cluster_key", "existing_cluster_id", "libraries"} & set(t)
     assert tasks[1]["python_wheel_task"]["parameters"][:2] == [
         "--output", f"/Volumes/main/sparkvision/data/runs/dev-serverless/{SHORT_NAME}"]
+    evaluate = tasks[3]["python_wheel_task"]["parameters"]
+    assert f"mlflow.experiment=/Workspace/Users/{USER}/[dev {SHORT_NAME}] sparkvision-dev-serverless" in evaluate
+    assert evaluate[evaluate.index("--register") + 1] == f"main.sparkvision.dev_{SHORT_NAME}_sparkvision_classifier_serverless"
     assert "run 101: TERMINATED SUCCESS" in text and f"accuracy {METRICS['accuracy']}" in text
 
 
@@ -122,6 +131,25 @@ def test_submit_predict_serverless_on_prod_paths(workspace, wheel, capsys, caplo
         "--images", "/Volumes/vision/sparkvision/data/new_images",
         "--output", "/Volumes/vision/sparkvision/data/predictions/prod-serverless"]
     assert task["environment_key"] == "default" and len(workspace.submitted["environments"]) == 1
+
+
+def test_submit_prod_registers_in_the_prod_model(workspace, wheel, capsys, caplog):
+    code, text = _submit(capsys, caplog, wheel, "--target", "prod", "--var", "service_principal=0000-sp",
+                         "--var", "catalog=vision", "--var", "promote_champion=true")
+    assert code == 0, text
+    evaluate = workspace.submitted["tasks"][3]["python_wheel_task"]["parameters"]
+    assert evaluate[4:] == ["--set", "mlflow.experiment=/Workspace/Users/0000-sp/sparkvision-prod",
+                            "--register", "vision.sparkvision.sparkvision_classifier",
+                            "--set", "mlflow.promote_champion=true"]
+
+
+def test_submit_spec_refuses_references_only_a_deployment_knows():
+    resolved = {"resources": {"jobs": {"j": {
+        "environments": [{"environment_key": "default", "spec": {"environment_version": "4"}}],
+        "tasks": [{"task_key": "a", "environment_key": "default", "python_wheel_task": {
+            "parameters": ["--set", "mlflow.experiment_id=${resources.experiments.e.id}"]}}]}}}}
+    with pytest.raises(ValueError, match=r"\$\{resources.experiments.e.id\} is known only once the bundle is deployed"):
+        databricks.submit_spec(resolved, "j", "/Workspace/w.whl")
 
 
 def test_submit_spec_points_only_the_built_wheel_at_the_upload():

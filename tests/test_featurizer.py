@@ -6,7 +6,8 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.sql import functions as F
 
 from sparkvision import images as imglib
-from sparkvision.featurizer import DeepImageFeaturizer, WeightsChecksumError, inference_function
+from sparkvision.featurizer import DeepImageFeaturizer, WeightsChecksumError
+from sparkvision.network import inference_function
 from sparkvision.models import registry
 from sparkvision.models.weights import resolve_weights
 

@@ -71,8 +71,9 @@ def test_run_writes_report_metrics_and_plots(run_dir):
     assert metrics["n"] == 9  # a third of 3 x 10
     assert metrics["accuracy"] > metrics["baseline_accuracy"]
     assert 0.0 <= metrics["roc_auc"] <= 1.0 and metrics["roc_auc_kind"] == "one-vs-rest macro"
-    for name in ("report.md", "confusion_matrix.png", "roc_curve.png", "predictions.csv"):
+    for name in ("report.md", "report.html", "confusion_matrix.png", "roc_curve.png", "predictions.csv"):
         assert (run_dir / "evaluation" / name).stat().st_size > 0
+    assert not (run_dir / "mlflow.json").exists()  # no tracking URI: nothing tracked, nothing recorded
     load = json.loads((run_dir / "load.json").read_text())
     assert load["accepted"] + load["rejected"] == load["discovered"] == 30
     with open(run_dir / "evaluation" / "predictions.csv") as f:

@@ -166,6 +166,7 @@ build() {
   local target=$1 tag=$2
   log "docker build --target $target -t $tag"
   $DOCKER build --network host --progress plain "${secret[@]}" --build-arg BASE_IMAGE="$BASE_TAG" \
+    --build-arg SPARKVISION_GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || true)" \
     --target "$target" -t "$tag" . >"$STATE/build-$target.log" 2>&1 \
     || { tail -40 "$STATE/build-$target.log" >&2; exit 1; }
 }

@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 from . import config as config_mod
 
@@ -37,6 +38,12 @@ def _common(p: argparse.ArgumentParser, data: bool, network: bool) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, with Spark's and TensorFlow's own")
 
 
+def _tracked(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--register", metavar="NAME",
+                   help="register the trained model in MLflow as NAME (catalog.schema.model on Unity Catalog) with "
+                        "the alias 'challenger' (config mlflow.registered_model; needs MLflow tracking)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .deploy import cli as deploy_cli
 
@@ -50,12 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
         "run": "load, featurize, train and evaluate (no input: the built-in demo)",
     }
     for name, text in helps.items():
-        _common(sub.add_parser(name, help=text, description=text), data=name in ("load", "run"),
-                network=True)
+        p = sub.add_parser(name, help=text, description=text)
+        _common(p, data=name in ("load", "run"), network=True)
+        if name in ("train", "evaluate", "run"):
+            _tracked(p)
     text = "predict images with a trained model"
     p = sub.add_parser("predict", help=text, description=text)
     _common(p, data=False, network=False)
-    p.add_argument("--model", required=True, help="trained model folder (a run's OUT/model)")
+    p.add_argument("--model", required=True,
+                   help="trained model: a run's OUT/model folder, or a registered model such as "
+                        "models:/NAME@champion (needs MLflow tracking)")
     p.add_argument("--images", required=True, help="folder of images (any depth)")
 
     text = "make sure networks' weights are on this machine (download into the cache if allowed); print where"
@@ -70,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # flag -> config key; values are set as typed (strings), never re-parsed as YAML.
 FLAGS = {"output": "output.dir", "master": "spark.master", "remote": "spark.remote", "images": "data.images", "manifest": "data.manifest",
-         "network": "network.name", "weights": "network.weights"}
+         "network": "network.name", "weights": "network.weights", "register": "mlflow.registered_model"}
 
 
 def resolve_config(args: argparse.Namespace) -> config_mod.Config:
@@ -139,15 +150,34 @@ def _pipeline(args: argparse.Namespace) -> int:
     demo = _is_demo(cfg, args)
     if args.command == "load" and not (cfg["data"]["images"] or cfg["data"]["manifest"]):
         raise config_mod.ConfigError("no input: give --images DIR or --manifest CSV (or data.* in --config)")
+    from . import tracking
+
+    tracked = tracking.enabled(cfg)
+    if cfg["mlflow"]["registered_model"] and not tracked:
+        raise config_mod.ConfigError("--register (mlflow.registered_model) needs MLflow tracking: set "
+                                     "MLFLOW_TRACKING_URI or mlflow.tracking_uri")
     if args.command == "predict":
         if not args.output:
             raise config_mod.ConfigError("predict needs --output DIR (the predictions folder)")
+        registered = tracking.is_model_uri(args.model)
+        if registered and not tracked:
+            raise config_mod.ConfigError(f"--model {args.model}: a registered model needs MLflow tracking: set "
+                                         "MLFLOW_TRACKING_URI or mlflow.tracking_uri")
         with pipeline.output_lock(args.output, "predict"):
             spark = spark_from_config(cfg, args.verbose)
-            summary = pipeline.stage_predict(spark, cfg, args.model, args.images, args.output)
+            model, source = args.model, None
+            if registered:
+                from .layout import PredictionLayout
+
+                model = PredictionLayout(args.output).model
+                source = tracking.fetch_model(cfg, args.model, model)
+            summary = pipeline.stage_predict(spark, cfg, model, args.images, args.output, source)
         print(f"predictions: {summary['csv']} ({summary['accepted']} images, {summary['rejected']} rejected)")
         return 0
     out = cfg["output"]["dir"]
+    started = time.time()
+    if tracked and args.command in tracking.GROUPS:
+        tracking.connect(cfg)  # before any work: an unreachable server fails now, not after training
     with pipeline.output_lock(out, args.command):
         if demo:
             _demo_data(cfg)
@@ -156,6 +186,8 @@ def _pipeline(args: argparse.Namespace) -> int:
             pipeline.run_all(spark, cfg)
         else:
             pipeline.STAGES[args.command](spark, cfg)
+        if tracked:
+            tracking.track(spark, cfg, args.command, started)
     if args.command in ("run", "evaluate"):
         lay = RunLayout(out)
         print(f"report: {lay.report}\nmetrics: {lay.metrics}")
@@ -175,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     from .provenance import StaleOutput
     from .stack import StackError
     from .storage import OutputLocked
+    from .tracking import TrackingError
 
     try:
         if args.command in deploy_cli.COMMANDS:
@@ -184,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return _pipeline(args)
     except (config_mod.ConfigError, ClusterSpecError, LoadError, FileNotFoundError, WeightsNotFoundError,
             StaleOutput, OutputLocked, CheckpointError, WeightsChecksumError, ChecksumMismatchError,
-            StackError) as exc:
+            StackError, TrackingError) as exc:
         print(f"sparkvision: error: {secrets.redact_text(str(exc))}", file=sys.stderr)
         return 2
 

@@ -89,6 +89,19 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "output": {
         "dir": Field("runs/latest", str),
     },
+    # MLflow tracking (sparkvision.tracking): off unless a tracking URI is known (this key, else
+    # $MLFLOW_TRACKING_URI, else the workspace's own server when running on Databricks).
+    "mlflow": {
+        "tracking_uri": Field(None, str, nullable=True, rule="an MLflow tracking URI such as http://host:5000"),
+        "experiment": Field(None, str, nullable=True,
+                            rule="an experiment name (on Databricks a workspace path such as /Shared/sparkvision)"),
+        "run_name": Field(None, str, nullable=True, rule="a run name"),
+        "registry_uri": Field(None, str, nullable=True, rule="an MLflow registry URI such as databricks-uc"),
+        # --register NAME: the pyfunc model registered after evaluate, with the alias "challenger"
+        "registered_model": Field(None, str, nullable=True, rule="a model name (catalog.schema.model on Unity Catalog)"),
+        # the new version also takes "champion" when its test accuracy beats the champion's on the same split
+        "promote_champion": Field(False, bool),
+    },
     "spark": {
         "master": Field(None, str, nullable=True, rule="a Spark master URL such as local[2]"),
         # Spark Connect (serverless, standard-access clusters, Databricks Connect): sc://host:port; null:
@@ -190,7 +203,10 @@ def validate(cfg: Config) -> None:
     except KeyError as exc:
         raise ConfigError(f"config key 'network.name': {exc.args[0]}") from None
     from . import secrets
+    from .tracking import check_uri
 
+    check_uri(cfg["mlflow"]["tracking_uri"], "mlflow.tracking_uri")
+    check_uri(cfg["mlflow"]["registry_uri"], "mlflow.registry_uri")
     try:  # credentials never come from (nor stay in) the URL: see secrets.clean_mirror_url
         cfg["network"]["mirror_url"] = secrets.clean_mirror_url(cfg["network"]["mirror_url"])
     except secrets.CredentialInURL as exc:

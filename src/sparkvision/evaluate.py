@@ -48,6 +48,14 @@ def roc_auc(positive: np.ndarray, score: np.ndarray) -> float | None:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def log_loss(y_true: np.ndarray, proba: np.ndarray | None, eps: float = 1e-15) -> float | None:
+    """Mean negative log of the probability given to the true class (clipped at ``eps``, like scikit-learn)."""
+    if proba is None or not len(proba):
+        return None
+    p = np.clip(proba[np.arange(len(y_true)), y_true.astype(int)], eps, 1.0)
+    return float(-np.mean(np.log(p)))
+
+
 def roc_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-score, kind="mergesort")
     pos, s = positive[order].astype(bool), score[order]
@@ -101,6 +109,7 @@ def metrics_from_arrays(
             auc = float(np.mean(defined)) if defined else None
     low, high = wilson_interval(correct, n)
     return {
+        "log_loss": log_loss(y_true, proba),
         "n": n,
         "accuracy": _safe_div(correct, n),
         "accuracy_ci95": [low, high],
@@ -216,6 +225,7 @@ def report_markdown(metrics: dict, split: dict | None = None, tuning: dict | Non
         f"- weighted precision / recall / F1: {metrics['precision_weighted']:.4f} / "
         f"{metrics['recall_weighted']:.4f} / {metrics['f1_weighted']:.4f}",
         f"- ROC AUC ({metrics['roc_auc_kind']}, from probabilities): " + ("n/a" if auc is None else f"{auc:.4f}"),
+        "- log loss: " + ("n/a" if metrics.get("log_loss") is None else f"{metrics['log_loss']:.4f}"),
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",

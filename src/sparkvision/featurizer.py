@@ -15,12 +15,8 @@ worker re-checks, so a saved pipeline never carries (or silently swaps) weights.
 
 from __future__ import annotations
 
-import gc
 import logging
-import os
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
@@ -39,13 +35,10 @@ from . import images as imglib
 from .columns import CONTENT, FEATURES
 from .models import registry
 from .models.weights import file_digest, resolve_weights
-from .spark import QUIET_ENV
+from .network import (WeightsChecksumError, WorkerModelKey, configure_tensorflow, decode_rows, featurize_arrays,
+                      load_worker_model)
 
 log = logging.getLogger(__name__)
-
-
-class WeightsChecksumError(ValueError):
-    pass
 
 
 class _FeaturizerParams(HasInputCol, HasOutputCol):
@@ -164,7 +157,9 @@ class DeepImageFeaturizer(Transformer, _FeaturizerParams, DefaultParamsReadable,
                 f"image struct (height, width, nChannels, mode, data), got {dtype.simpleString()}"
             )
         self.resolveWeights()
-        udf = featurize_udf(WorkerModelKey.from_featurizer(self), self.getBatchSize(), self.getNumThreads(),
+        key = WorkerModelKey.of(self.spec().name, self.getWeightsPath(), self.getCacheDir(), self.getMirrorUrl(),
+                                self.getAllowDownload(), self.getWeightsChecksum())
+        udf = featurize_udf(key, self.getBatchSize(), self.getNumThreads(),
                             self.getMaxPixels(), struct)
         column = F.col(in_col)
         if struct:
@@ -185,138 +180,6 @@ def is_image_struct(dtype: T.DataType) -> bool:
     return isinstance(dtype, T.StructType) and set(IMAGE_STRUCT_FIELDS) <= set(dtype.fieldNames())
 
 
-class WorkerModelKey(tuple):
-    """What a worker needs to find and verify the same weights: (model, path, cache, mirror, download, sha256)."""
-
-    @classmethod
-    def from_featurizer(cls, f: DeepImageFeaturizer) -> "WorkerModelKey":
-        return cls((f.spec().name, f.getWeightsPath(), f.getCacheDir(), f.getMirrorUrl(), f.getAllowDownload(),
-                    f.getWeightsChecksum()))
-
-
-# Models built in this Python worker, most recently used last. A worker keeps at most this many networks
-# (a pipeline rarely uses more than one; each can hold a GB), so a long-lived worker that sees many models
-# does not grow without bound.
-MAX_WORKER_MODELS = 2
-_MODELS: "OrderedDict[tuple, tuple]" = OrderedDict()
-_TF_THREADS: int | None = None
-
-
-def configure_tensorflow(threads: int, gpus: list[str] | None = None) -> None:
-    """Set TF up once per process, before its first op (it raises if done later): CPU thread pools
-    sized to the task's cores; on a GPU executor only the GPUs Spark gave this task, memory grown on
-    demand (several workers may share one GPU)."""
-    global _TF_THREADS
-    if _TF_THREADS is not None:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    with quiet_native_stderr():
-        import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-        devices = tf.config.list_physical_devices("GPU")
-        if devices and gpus:
-            devices = [d for d in devices if d.name.rsplit(":", 1)[-1] in gpus] or devices
-            tf.config.set_visible_devices(devices, "GPU")
-        for device in devices:
-            tf.config.experimental.set_memory_growth(device, True)
-    except RuntimeError:  # TF already initialised in this process (e.g. tests): keep its settings
-        log.debug("TensorFlow already initialised; thread and device settings unchanged")
-    _TF_THREADS = threads
-
-
-@contextmanager
-def quiet_native_stderr():
-    """Silence what native code writes to stderr while TensorFlow loads (absl's pre-init notice, oneDNN's
-    banner: TF_CPP_MIN_LOG_LEVEL does not reach them), unless the run is verbose. Python errors still raise."""
-    if os.environ.get(QUIET_ENV) != "1":
-        yield
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def load_worker_model(key: WorkerModelKey):
-    """``(predict_fn, spec)`` for this process, built once and cached; ``predict_fn`` takes uint8 RGB."""
-    if key in _MODELS:
-        _MODELS.move_to_end(key)
-    else:
-        name, weights_path, cache_dir, mirror_url, allow_download, checksum = key
-        spec = registry.get(name)
-        path = resolve_weights(spec, weights_path, cache_dir, mirror_url, allow_download=allow_download,
-                               expected_sha256=checksum)
-        if file_digest(path) != checksum:
-            raise WeightsChecksumError(
-                f"worker found weights for {name} at {path} with sha256 {file_digest(path)}, driver pinned {checksum}"
-            )
-        predict = inference_function(spec, spec.build(str(path)))
-        predict(np.zeros([1, spec.input_size, spec.input_size, 3], np.uint8))  # optimise the graph now
-        while len(_MODELS) >= MAX_WORKER_MODELS:
-            _MODELS.popitem(last=False)
-            gc.unfreeze()  # the evicted model's objects were frozen with the rest: let them be collected
-            gc.collect()
-        _MODELS[key] = (predict, spec)
-        # PySpark's daemon runs gc.collect() after every task of a reused worker; over TensorFlow's and
-        # Keras' objects that took ~0.3 s per task here. Collect once (a frozen graph leaves the Keras
-        # model garbage), then freeze what is left: none of it will become garbage.
-        gc.collect()
-        gc.freeze()
-    return _MODELS[key]
-
-
-def inference_function(spec: registry.ModelSpec, model):
-    """``model`` as one TF graph from uint8 RGB ``(n, size, size, 3)`` to features.
-
-    The cast and the model's preprocessing run inside the graph instead of as NumPy passes over
-    float copies of the batch. Where the registry says ``freeze_graph``, weights become graph
-    constants, so TensorFlow's optimizer folds each batch normalisation into its convolution and
-    fuses bias and activation into it: fewer passes over the activations, which on CPU is what
-    bounds memory-heavy nets such as EfficientNet-Lite. The outputs equal the Keras model's up to
-    float rounding.
-    """
-    import tensorflow as tf
-
-    preprocess = spec.preprocess_fn()
-
-    @tf.function(input_signature=[tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.uint8)],
-                 autograph=False)
-    def predict(pixels):
-        return model(preprocess(tf.cast(pixels, tf.float32)), training=False)
-
-    graph = predict.get_concrete_function()
-    if spec.freeze_graph:
-        try:
-            from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-        except ImportError:  # moved in some TensorFlow release: run the graph with variables instead
-            log.warning("featurizer: cannot freeze the %s graph with this TensorFlow; running it unfrozen",
-                        spec.name)
-        else:
-            graph = convert_variables_to_constants_v2(graph)
-
-    def features(pixels):
-        out = graph(tf.convert_to_tensor(pixels, tf.uint8))
-        return out[0] if isinstance(out, (list, tuple)) else out  # a frozen graph returns a list
-
-    features.graph = graph
-    return features
-
-
-def featurize_arrays(key: WorkerModelKey, batch: np.ndarray) -> np.ndarray:
-    """Features for a ``(n, size, size, 3)`` uint8 RGB batch (what the UDF runs per batch)."""
-    predict, _ = load_worker_model(key)
-    return np.asarray(predict(np.asarray(batch, dtype=np.uint8)))
-
-
 # Per image: its features, or why it could not be used (a decode failure is data, not a task failure).
 UDF_SCHEMA = T.StructType([T.StructField("features", T.ArrayType(T.FloatType())),
                            T.StructField("error", T.StringType())])
@@ -333,22 +196,6 @@ def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels
         configure_tensorflow(threads or (ctx.cpus() if ctx else 1), gpus)
         _, spec = load_worker_model(key)
 
-        def decode(item) -> np.ndarray:
-            if struct:
-                return imglib.resize_for_model(imglib.from_image_struct(*item), spec.input_size, spec.crop_fraction)
-            return imglib.decode_for_model(item, spec.input_size, spec.crop_fraction, max_pixels)
-
-        def decode_rows(rows: list) -> tuple[list[str | None], list[int], list[np.ndarray]]:
-            errors: list[str | None] = [None] * len(rows)
-            positions, arrays = [], []
-            for i, item in enumerate(rows):
-                try:
-                    arrays.append(decode(item))
-                    positions.append(i)
-                except imglib.ImageRejected as exc:
-                    errors[i] = str(exc)
-            return errors, positions, arrays
-
         def network_batches():
             """Full ``batch_size`` chunks across Arrow batches (whose size is set by bytes), the rest last."""
             rows: list = []
@@ -360,7 +207,7 @@ def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels
             if rows:
                 yield rows
 
-        decoded = map(decode_rows, network_batches())
+        decoded = (decode_rows(rows, spec, max_pixels, struct) for rows in network_batches())
         if gpus:  # the device computes while the CPU decodes the next batch; on CPU it would oversubscribe
             decoded = _one_ahead(decoded)
         for errors, positions, arrays in decoded:

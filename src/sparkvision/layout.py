@@ -46,6 +46,7 @@ class RunLayout:
 
     config = _At("config.yaml")               # the run's settings, credentials redacted
     lock = _At(".sparkvision.lock")           # held while a command writes here
+    tracking = _At("mlflow.json")             # the MLflow run this folder is logged to (with tracking only)
     # load
     images = _At("images.parquet")
     rejected = _At("rejected.parquet")
@@ -92,6 +93,7 @@ class EvaluationLayout:
 
     metrics = _At("metrics.json")
     report = _At("report.md")
+    report_html = _At("report.html")          # self-contained: metrics, plots, misclassified thumbnails
     confusion_matrix_png = _At("confusion_matrix.png")
     roc_curve_png = _At("roc_curve.png")
 
@@ -111,6 +113,7 @@ class PredictionLayout:
     csv = _At("predictions.csv")
     rejected_csv = _At("rejected.csv")
     summary = _At("predict.json")
+    model = _At("model")  # --model models:/...: the registered model as a Spark pipeline, fetched here
 
     leftover_names = RunLayout.leftover_names
 
@@ -123,10 +126,13 @@ STAGES = [
     ("sparkvision train", "`features.parquet`, `featurizer/`",
      "`split.parquet`, `model/` (featurizer + classifier + labels), `train.json`"),
     ("sparkvision evaluate", "`model/`, `features.parquet`, `split.parquet`",
-     "`evaluation/`: `metrics.json`, `report.md`, `confusion_matrix.png`, `roc_curve.png`, `predictions.parquet`, "
-     "`predictions.csv`"),
-    ("sparkvision predict", "`--model`, `--images`", "`predictions.parquet`, `predictions.csv`, `rejected.csv`, `predict.json`"),
+     "`evaluation/`: `metrics.json`, `report.md`, `report.html`, `confusion_matrix.png`, `roc_curve.png`, "
+     "`predictions.parquet`, `predictions.csv`"),
+    ("sparkvision predict", "`--model` (a folder or `models:/NAME@alias`), `--images`",
+     "`predictions.parquet`, `predictions.csv`, `rejected.csv`, `predict.json`; `model/` when `--model` is registered"),
     ("sparkvision run", "all of the above", "all of the above; with no arguments, the built-in demo"),
+    ("sparkvision run (MLflow tracking on)", "the files above", "also `mlflow.json`: the MLflow run's id, its "
+     "logged models and registered version (`train` and `evaluate` too)"),
 ]
 
 

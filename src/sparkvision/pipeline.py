@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from . import evaluate as ev
-from . import loader, predict as pr, provenance, storage
+from . import loader, predict as pr, provenance, report_html, storage
 from .columns import CONTENT, FEATURE_COLUMNS, FEATURES, FEATURIZE_ERROR, IMAGE_ID, LABEL, LABEL_INDEX, SPLIT
 from .config import Config, dump
 from .featurizer import DeepImageFeaturizer
@@ -242,10 +242,15 @@ def stage_evaluate(spark: SparkSession, cfg: Config, which: str = TEST) -> dict:
     ev_out = EvaluationLayout(tmp)
     try:
         storage.makedirs(tmp)
-        storage.write_bytes(ev_out.confusion_matrix_png, ev.plot_confusion_matrix(metrics["confusion_matrix"], classes))
-        storage.write_bytes(ev_out.roc_curve_png, ev.plot_roc(y, proba, classes))
+        confusion_png = ev.plot_confusion_matrix(metrics["confusion_matrix"], classes)
+        roc_png = ev.plot_roc(y, proba, classes)
+        storage.write_bytes(ev_out.confusion_matrix_png, confusion_png)
+        storage.write_bytes(ev_out.roc_curve_png, roc_png)
         pr.write_predictions(ev.predictions_table(predictions).orderBy(IMAGE_ID), ev_out.predictions)
         storage.write_text(ev_out.report, ev.report_markdown(metrics, trained["split"], trained["tuning"]))
+        thumbnails = report_html.gallery(predictions, spark.read.parquet(lay.images))
+        storage.write_text(ev_out.report_html, report_html.render(metrics, trained["split"], trained["tuning"],
+                                                                 confusion_png, roc_png, thumbnails))
         storage.write_json(ev_out.metrics, metrics)
         storage.replace_with(tmp, lay.evaluation)
     finally:
@@ -256,7 +261,10 @@ def stage_evaluate(spark: SparkSession, cfg: Config, which: str = TEST) -> dict:
     return metrics
 
 
-def stage_predict(spark: SparkSession, cfg: Config, model_dir: str, images_dir: str, out_dir: str) -> dict:
+def stage_predict(spark: SparkSession, cfg: Config, model_dir: str, images_dir: str, out_dir: str,
+                  source: dict | None = None) -> dict:
+    """Predict ``images_dir`` with the model at ``model_dir`` (``source``: where it came from, e.g. the
+    registered model it was fetched from, recorded in ``predict.json``)."""
     describe_jobs(spark, "predict")
     out = PredictionLayout(out_dir)
     model = pr.load_model(model_dir)
@@ -268,7 +276,8 @@ def stage_predict(spark: SparkSession, cfg: Config, model_dir: str, images_dir: 
     storage.write_csv(rejected.orderBy(IMAGE_ID), out.rejected_csv)
     n_unusable = counts["accepted"] - written["images"]
     summary = {**counts, "accepted": written["images"], "rejected": counts["rejected"] + n_unusable,
-               "parquet": out.parquet, "csv": out.csv, "rejected_csv": out.rejected_csv}
+               "parquet": out.parquet, "csv": out.csv, "rejected_csv": out.rejected_csv,
+               "model": source or {"path": model_dir}}
     storage.write_json(out.summary, summary)
     log.info("predict: %d images predicted, %d rejected (reasons in %s)", summary["accepted"], summary["rejected"],
              out.rejected_csv)

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .network import QUIET_ENV
+
 # Batches are bounded by rows *and* bytes: encoded images are large, decoded ones ~10x larger. Spark's
 # own row counts (4,096 per Parquet read batch, 10,000 per Arrow batch) are meant for narrow rows: at
 # 1 MB a row they exhaust a 1 GB heap. The featurizer regroups rows into full network batches anyway.
@@ -22,7 +24,6 @@ SESSION_DEFAULTS = {
 }
 QUIET_LOG4J = Path(__file__).with_name("log4j2-quiet.properties")
 # Python workers inherit these: TensorFlow's C++ start-up lines (oneDNN, CPU features) stay out of the output.
-QUIET_ENV = "SPARKVISION_QUIET"
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore::DeprecationWarning",
               QUIET_ENV: "1"}
 

@@ -232,6 +232,16 @@ def _replace_by_copy(tmp: str, target: str) -> None:
     delete(tmp)
 
 
+def copy_tree(src: str, dst: str) -> None:
+    """Copy a folder between any two storages (local, object stores); ``dst`` is created."""
+    import pyarrow.fs as pafs
+
+    sfs, spath = filesystem(src)
+    dfs, dpath = filesystem(dst)
+    dfs.create_dir(dpath, recursive=True)
+    pafs.copy_files(spath, dpath, source_filesystem=sfs, destination_filesystem=dfs)
+
+
 def _same_scheme(uri: str, path: str) -> str:
     """``path`` (inside ``uri``'s filesystem) as a URI of the same kind as ``uri``."""
     if is_local(uri):

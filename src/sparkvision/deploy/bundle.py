@@ -4,9 +4,12 @@
 (``--var``, ``BUNDLE_VAR_*``, ``.databricks/bundle/TARGET/variable-overrides.json``, target values,
 defaults) and :func:`validate` checks the result: the official JSON schema, entry points against the
 wheel's metadata, referenced files, task dependencies, each task's compute (a declared job cluster, or a
-declared serverless environment), job clusters and environments no task uses, credentials, and that the
+declared serverless environment), job clusters and environments no task uses, credentials, that every
+``${resources.KIND.KEY.FIELD}`` reference names a declared resource, resource keys unique across kinds,
+MLflow experiments and Unity Catalog registered models named as the workspace takes them, and that the
 generated job-cluster include matches ``infra/clusters``. Every problem names the file and the YAML path
-where the offending key is written, a target's override included.
+where the offending key is written, a target's override included. :func:`with_resource_references` fills
+in the references known before deployment (names, as development mode prefixes them), for one-time runs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,18 @@ OVERRIDES_FILE = ".databricks/bundle/{target}/variable-overrides.json"  # the CL
 _CLUSTER_FIELDS = ("job_cluster_key", "new_cluster", "existing_cluster_id")
 # Data security modes that only exist for clusters with a `kind` (the current, "simple form" cluster spec).
 _KIND_MODES = ("DATA_SECURITY_MODE_AUTO", "DATA_SECURITY_MODE_STANDARD", "DATA_SECURITY_MODE_DEDICATED")
+# Resource fields a ${resources.KIND.KEY.FIELD} reference may name though no file writes them: set at deploy.
+_DEPLOY_FIELDS = ("id",)
+# The name field of each resource kind that development mode (or presets.name_prefix) prefixes, and how:
+# "plain" puts the prefix in front, "path" in front of the last path part (experiments are workspace paths),
+# "normalized" in front as lower-case letters, digits and underscores (Unity Catalog names: dev_<you>_).
+# Volumes and catalogs are not prefixed. As the Databricks CLI's ApplyPresets does.
+_PREFIXED_NAMES = {"jobs": ("name", "plain"), "pipelines": ("name", "plain"), "models": ("name", "plain"),
+                   "clusters": ("cluster_name", "plain"), "sql_warehouses": ("name", "plain"),
+                   "dashboards": ("display_name", "plain"), "alerts": ("display_name", "plain"),
+                   "experiments": ("name", "path"), "registered_models": ("name", "normalized"),
+                   "model_serving_endpoints": ("name", "normalized"), "schemas": ("name", "normalized")}
+DEV_PREFIX = "[dev ${workspace.current_user.short_name}] "
 
 
 class BundleError(ValueError):
@@ -727,11 +742,186 @@ def validate(root: str | os.PathLike = ".", target: str | None = None, overrides
         problems += schema_problems(cfg, schema_file, bundle, target=target)
     problems += _typed_job_problems(bundle, cfg)
     problems += _stack_problems(bundle, cfg, target)
+    problems += _resource_key_problems(bundle, cfg, target)
+    problems += _resource_reference_problems(bundle, cfg, target, schema_file)
+    problems += _mlflow_problems(bundle, cfg, target)
     if problems:
         raise BundleError(problems)
     jobs = _mapping(_mapping(cfg.get("resources")).get("jobs"))
     return {"target": target, "jobs": {n: len(j.get("tasks") or []) for n, j in jobs.items()},
-            "schema": str(schema_file) if schema_file else None, "config": cfg, "variables": values}
+            "schema": str(schema_file) if schema_file else None, "config": cfg, "variables": values,
+            "mode": target_mode(bundle, target)}
+
+
+def target_mode(bundle: Bundle, target: str) -> str | None:
+    """The target's ``mode`` (development, production) or None."""
+    return _mapping(_mapping(bundle.config.get("targets")).get(target)).get("mode")
+
+
+def _references(node, head: str, path: tuple = ()):
+    """``(path, reference)`` for every ``${head...}`` in the strings of ``node``."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _references(v, head, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _references(v, head, path + (i,))
+    elif isinstance(node, str) and "${" in node:
+        for match in _REF.finditer(node):
+            if match.group(1).split(".", 1)[0] == head:
+                yield path, match.group(1)
+
+
+def _resource_key_problems(bundle: Bundle, cfg: dict, target: str) -> list[str]:
+    """The CLI refuses two resources with one key, even of different kinds (references name kind and key, but
+    ``bundle run KEY`` and the deployment state name only the key)."""
+    kinds: dict[str, list[str]] = {}
+    for kind, items in _mapping(cfg.get("resources")).items():
+        for key in _mapping(items):
+            kinds.setdefault(key, []).append(kind)
+    out = []
+    for key, found in kinds.items():
+        if len(found) > 1:
+            places = [f"resources.{kind}.{key} ({bundle.file_of(('resources', kind, key))})" for kind in found]
+            out.append(f"{bundle.file_of(('resources', found[-1], key))}: resources.{found[-1]}.{key}: resource key "
+                       f"{key!r} is used by {' and '.join(places)}: keys must be unique across resource kinds")
+    return out
+
+
+def _schema_resource_fields(schema_file: Path | None) -> dict[str, set[str]]:
+    """``{kind: fields}`` of each resource kind in the official JSON schema (empty without a schema)."""
+    if not schema_file:
+        return {}
+    defs = _validator(schema_file).schema.get("$defs", {})
+
+    def get(ref: str):
+        node = defs
+        for part in ref.split("/")[2:]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        return node
+
+    def obj(node):
+        return next((alt for alt in node.get("oneOf", [node]) if alt.get("type") == "object"), {})
+
+    resources = obj(get("#/$defs/github.com/databricks/cli/bundle/config.Resources"))
+    out = {}
+    for kind, prop in resources.get("properties", {}).items():
+        item_ref = obj(get(prop.get("$ref", ""))).get("additionalProperties", {}).get("$ref", "")
+        out[kind] = set(obj(get(item_ref)).get("properties", {}))
+    return out
+
+
+def _resource_reference_problems(bundle: Bundle, cfg: dict, target: str, schema_file: Path | None) -> list[str]:
+    """Every ``${resources.KIND.KEY.FIELD}`` names a resource this target declares, and a field it writes, sets
+    at deploy (id) or, with the schema, has."""
+    resources = _mapping(cfg.get("resources"))
+    fields = _schema_resource_fields(schema_file)
+    out = []
+    for path, ref in _references({k: v for k, v in cfg.items() if k != "variables"}, "resources"):
+        parts = re.findall(r"[^.\[\]]+", ref)
+        where = bundle.where(path, target, cfg)
+        if len(parts) < 4:
+            out.append(f"{where}: ${{{ref}}}: a resource reference names resources.KIND.KEY.FIELD")
+            continue
+        kind, key, name = parts[1:4]
+        declared = _mapping(resources.get(kind))
+        if key not in declared:
+            known = ", ".join(f"{k}.{n}" for k, items in resources.items() for n in _mapping(items)) or "none"
+            out.append(f"{where}: ${{{ref}}}: target {target} declares no resources.{kind}.{key} (declared: {known})")
+        elif name not in _mapping(declared[key]) and name not in _DEPLOY_FIELDS and kind in fields and name not in fields[kind]:
+            out.append(f"{where}: ${{{ref}}}: resources.{kind} have no field {name!r}")
+    return out
+
+
+def _mlflow_problems(bundle: Bundle, cfg: dict, target: str) -> list[str]:
+    """Names the workspace refuses: an experiment name is an absolute workspace path; a Unity Catalog registered
+    model has a catalog, a schema and a one-part name (the three-level name is catalog.schema.name)."""
+    resources = _mapping(cfg.get("resources"))
+    out = []
+    for key, exp in _mapping(resources.get("experiments")).items():
+        name = _mapping(exp).get("name")
+        if isinstance(name, str) and not name.startswith(("/", "${")):
+            out.append(f"{bundle.where(('resources', 'experiments', key, 'name'), target, cfg)}: {name!r}: an "
+                       "experiment name is a workspace path such as /Workspace/Users/<you>/sparkvision or /Shared/...")
+    for key, model in _mapping(resources.get("registered_models")).items():
+        model = _mapping(model)
+        base = ("resources", "registered_models", key)
+        missing = [f for f in ("catalog_name", "schema_name", "name") if not model.get(f)]
+        if missing:
+            out.append(f"{bundle.where(base, target, cfg)}: a Unity Catalog registered model needs "
+                       f"{', '.join(missing)}")
+        for f in ("catalog_name", "schema_name", "name"):
+            value = model.get(f)
+            if isinstance(value, str) and "." in _REF.sub("", value):
+                out.append(f"{bundle.where(base + (f,), target, cfg)}: {value!r}: one part of the three-level name, "
+                           "without dots (catalog_name.schema_name.name)")
+    return out
+
+
+def name_prefix(cfg: dict, mode: str | None) -> str:
+    """The prefix the CLI puts before resource names: ``presets.name_prefix``, else development mode's
+    ``[dev <short name>] ``, else none."""
+    presets = _mapping(cfg.get("presets"))
+    if presets.get("name_prefix") is not None:
+        return str(presets["name_prefix"])
+    return DEV_PREFIX if mode == "development" else ""
+
+
+def _normalized_prefix(prefix: str) -> str:
+    """``[dev jane_doe] `` as Unity Catalog names take it: ``dev_jane_doe_`` (the CLI's normalizePrefix)."""
+    text = prefix.replace("[", "").strip(" ")
+    suffix = "_" if text.endswith("]") else ""
+    parts = re.split(r"(\$\{[^}]*\})", text.lower())  # ${workspace.current_user.short_name}: already normalized
+    text = "".join(p if p.startswith("${") else "".join(c if c.isalnum() else "_" for c in p) for p in parts)
+    return re.sub(r"_+", "_", text).strip("_") + suffix
+
+
+def deployed_name(kind: str, name: str, prefix: str) -> str:
+    """The name a resource of ``kind`` declared as ``name`` gets with the CLI's name ``prefix``."""
+    how = _PREFIXED_NAMES.get(kind, (None, None))[1]
+    if not prefix or how is None:
+        return name
+    if how == "path":
+        head, sep, tail = name.rpartition("/")
+        return f"{head}{sep}{prefix}{tail}"
+    if how == "normalized":
+        return _normalized_prefix(prefix) + name
+    return prefix + name
+
+
+def with_resource_references(node, cfg: dict, mode: str | None = None, prefix: str | None = None):
+    """``node`` with each ``${resources.KIND.KEY.FIELD}`` whose value is known before deployment replaced by it:
+    a field the resource declares, its name as the CLI deploys it (``prefix``, default :func:`name_prefix` of
+    ``mode``). What only a deployment knows (``.id``) stays a reference."""
+    resources = _mapping(cfg.get("resources"))
+    prefix = name_prefix(cfg, mode) if prefix is None else prefix
+
+    def value(ref: str):
+        parts = re.findall(r"[^.\[\]]+", ref)
+        if len(parts) != 4:
+            return None
+        kind, key, name = parts[1:]
+        field_value = _mapping(_mapping(resources.get(kind)).get(key)).get(name)
+        if not isinstance(field_value, (str, int, float)) or isinstance(field_value, bool):
+            return None
+        if name == _PREFIXED_NAMES.get(kind, (None,))[0]:
+            return deployed_name(kind, str(field_value), prefix)
+        return str(field_value)
+
+    def sub(item):
+        if isinstance(item, dict):
+            return {k: sub(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [sub(v) for v in item]
+        if isinstance(item, str) and "${resources." in item:
+            return _REF.sub(replace, item)
+        return item
+
+    def replace(match):
+        known = value(match.group(1)) if match.group(1).startswith("resources.") else None
+        return match.group(0) if known is None else known
+
+    return sub(node)
 
 
 def _typed_job_problems(bundle: Bundle, cfg: dict) -> list[str]:

@@ -185,7 +185,7 @@ def _databricks(args: argparse.Namespace) -> int:
             result = bundle.validate(args.root, args.target, pairs(args.var, "--var"))
             output = output or result["variables"].get("output")
             wheel = Path(args.wheel or _build_wheel(args.root))
-            run_id = dbx.submit(w, result["config"], wheel, args.job)
+            run_id = dbx.submit(w, result["config"], wheel, args.job, mode=result["mode"])
         else:
             job_id = args.job_id or dbx.find_job(w, args.job_name)
             run_id = dbx.run_now(w, job_id)

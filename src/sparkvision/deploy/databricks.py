@@ -3,7 +3,10 @@
 ``submit``: upload the wheel and submit the bundle's pipeline once (``jobs.submit``, the tasks of
 ``jobs/sparkvision_pipeline.yml`` with the target's compute: each job cluster inlined as the task's
 ``new_cluster``, or, for the serverless targets, the job's environments with the wheel dependency pointed
-at the upload). ``${workspace.current_user.*}`` (the dev targets' per-user output) becomes the caller.
+at the upload). ``${workspace.current_user.*}`` (the dev targets' per-user output) becomes the caller, and
+``${resources.*.name}`` (the MLflow experiment and registered model the tasks name) the resource's name as
+a deployment of the target names it (development mode: ``[dev <you>] `` / ``dev_<you>_``); a reference only
+a deployment can fill in (``.id``) is refused.
 ``run``: run a deployed job. ``status``: one run.
 Waiting polls with a timeout and checks ``result_state`` (the SDK's waiter returns FAILED runs without
 raising). Authentication comes only from the SDK's own sources (DATABRICKS_* environment variables,
@@ -134,6 +137,10 @@ def submit_spec(resolved: dict[str, Any], job_key: str, wheel_remote: str) -> di
     out: dict[str, Any] = {"tasks": tasks}
     if environments:
         out["environments"] = environments
+    left = sorted({m for m in re.findall(r"\$\{resources\.[^}]*\}", json.dumps(out))})
+    if left:
+        raise ValueError(f"job {job_key!r}: {', '.join(left)} is known only once the bundle is deployed: "
+                         "deploy it (databricks bundle deploy) and run the job (sparkvision databricks run)")
     return out
 
 
@@ -175,11 +182,18 @@ def with_current_user(node, user: dict[str, str]):
 
 
 def submit(w, resolved: dict[str, Any], wheel: Path, job_key: str = PIPELINE_JOB, run_name: str | None = None,
-           timeout_seconds: int | None = None) -> int:
+           timeout_seconds: int | None = None, mode: str | None = None) -> int:
+    """Submit ``job_key`` of the resolved bundle once; ``mode``: the target's (development names resources
+    as a dev deployment does)."""
     from databricks.sdk.service.jobs import JobEnvironment, SubmitTask
 
+    from . import bundle
+
     remote = upload_wheel(w, wheel)
-    resolved = with_current_user(resolved, current_user(w))
+    user = current_user(w)
+    resolved = with_current_user(resolved, user)
+    prefix = with_current_user(bundle.name_prefix(resolved, mode), user)
+    resolved = bundle.with_resource_references(resolved, resolved, prefix=prefix)
     spec = submit_spec(resolved, job_key, remote)
     tasks = [SubmitTask.from_dict(t) for t in spec["tasks"]]
     environments = [JobEnvironment.from_dict(e) for e in spec.get("environments") or []] or None

@@ -13,8 +13,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 # The suite never logs to a developer's MLflow server, nor acts as if it ran on Databricks: the tracking
 # tests start their own server and set the URI themselves.
-for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "DATABRICKS_RUNTIME_VERSION"):
+_NOT_INHERITED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "DATABRICKS_RUNTIME_VERSION")
+for _var in _NOT_INHERITED:
     os.environ.pop(_var, None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_tracking_after_the_module():
+    """``mlflow.set_tracking_uri`` sets $MLFLOW_TRACKING_URI: a module that points MLflow at its server must
+    not leave later modules' subprocesses (CLI runs, Spark workers) logging to it after it stopped."""
+    yield
+    for var in _NOT_INHERITED:
+        os.environ.pop(var, None)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

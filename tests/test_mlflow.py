@@ -46,9 +46,14 @@ def test_tracking_uri_comes_from_config_then_environment_then_databricks(monkeyp
     assert tracking.tracking_uri(cfg) == "http://tracking.example:5000"
 
 
-def test_credentials_in_a_tracking_uri_are_refused():
-    with pytest.raises(config.ConfigError, match="mlflow.tracking_uri.*MLFLOW_TRACKING_TOKEN"):
-        config.load(overrides=["mlflow.tracking_uri=https://me:s3cretPassw0rd@tracking.example"])
+@pytest.mark.parametrize("uri", ["https://me:s3cretPassw0rd@tracking.example", "https://dapiTOKEN123@tracking.example"])
+def test_credentials_in_a_tracking_uri_are_refused(uri, monkeypatch):
+    with pytest.raises(config.ConfigError, match="mlflow.tracking_uri.*MLFLOW_TRACKING_TOKEN") as exc:
+        config.load(overrides=[f"mlflow.tracking_uri={uri}"])
+    assert "s3cret" not in str(exc.value) and "TOKEN123" not in str(exc.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the environment's URI too, before any request
+    with pytest.raises(config.ConfigError, match="MLFLOW_TRACKING_URI"):
+        tracking.connect(config.load())
 
 
 def test_register_and_registered_models_need_tracking(tmp_path, capsys):
@@ -62,14 +67,17 @@ def test_register_and_registered_models_need_tracking(tmp_path, capsys):
 def test_metric_keys_keep_class_names_readable():
     assert tracking.metric_key("f1.Cristiano Ronaldo") == "f1.Cristiano Ronaldo"
     assert tracking.metric_key("recall.<b>café:*") == "recall._b_café:_"
+    assert tracking.metric_key("f1.a//b/") == "f1.a__b_"  # MLflow refuses keys that are not normal paths
 
 
-@pytest.mark.parametrize("classes", [2, 3])
-def test_exported_classifier_equals_spark_logistic_regression(spark, classes):
+@pytest.mark.parametrize("classes, family", [(2, "auto"), (2, "multinomial"), (3, "auto")])
+def test_exported_classifier_equals_spark_logistic_regression(spark, classes, family):
     rng = np.random.default_rng(classes)
     rows = [(int(k), Vectors.dense(rng.normal(size=5) + k)) for k in rng.integers(0, classes, 60)]
     df = spark.createDataFrame(rows, [LABEL_INDEX, FEATURES])
-    spark_lr = LogisticRegression(labelCol=LABEL_INDEX, featuresCol=FEATURES, regParam=0.1, maxIter=50).fit(df)
+    spark_lr = LogisticRegression(labelCol=LABEL_INDEX, featuresCol=FEATURES, regParam=0.1, maxIter=50,
+                                  family=family).fit(df)
+    assert spark_lr.coefficientMatrix.numRows == (1 if (classes, family) == (2, "auto") else classes)
     x = np.array([r[1].toArray() for r in rows])
     for model in (spark_lr, LogisticModel(coefficients=rng.normal(size=(1 if classes == 2 else classes, 5)).tolist(),
                                           intercepts=rng.normal(size=1 if classes == 2 else classes).tolist(),

@@ -68,6 +68,7 @@ def _cli(uri: str, *args: str, timeout: int = 900) -> str:
 
 @pytest.fixture(scope="module")
 def client(server):
+    # This also sets $MLFLOW_TRACKING_URI in this process; conftest removes it after the module.
     mlflow.set_tracking_uri(server)
     return mlflow.MlflowClient()
 
@@ -141,6 +142,30 @@ def test_the_demo_model_is_registered_with_aliases_and_signature(client, demo):
     assert "spark" in spark_info.flavors
 
 
+def test_separate_train_and_evaluate_commands_log_one_run(client, demo, server, tmp_path):
+    """As the Databricks job runs them: train, then evaluate in another process, log into one run; a second
+    evaluate registers nothing new; a deleted run is not resumed."""
+    out = tmp_path / "steps"
+    shutil.copytree(demo[0], out)
+    _cli(server, "train", "--output", str(out), "--set", "mlflow.experiment=steps")
+    trained = json.loads((out / "mlflow.json").read_text())
+    assert trained["logged"] == ["load", "featurize", "train"] and "registered" not in trained
+    _cli(server, "evaluate", "--output", str(out), "--set", "mlflow.experiment=steps", "--register", "steps_model")
+    evaluated = json.loads((out / "mlflow.json").read_text())
+    assert evaluated["run_id"] == trained["run_id"] and evaluated["registered"]["version"] == "1"
+    run = client.get_run(trained["run_id"])
+    assert "best.reg_param" in run.data.params and "accuracy" in run.data.metrics
+    assert run.data.tags["mlflow.runName"].startswith("efficientnet_lite0")
+    _cli(server, "evaluate", "--output", str(out), "--set", "mlflow.experiment=steps", "--register", "steps_model")
+    assert json.loads((out / "mlflow.json").read_text())["run_id"] == trained["run_id"]
+    assert [v.version for v in client.search_model_versions("name='steps_model'")] == ["1"]
+    client.delete_run(trained["run_id"])
+    _cli(server, "evaluate", "--output", str(out), "--set", "mlflow.experiment=steps", "--register", "steps_model")
+    again = json.loads((out / "mlflow.json").read_text())
+    assert again["run_id"] != trained["run_id"] and again["logged"] == ["load", "featurize", "train", "evaluate"]
+    assert again["registered"]["version"] == "2"
+
+
 def test_champion_moves_only_for_a_better_model_on_the_same_split(client, demo, server):
     from sparkvision import tracking
 
@@ -162,9 +187,7 @@ def test_champion_moves_only_for_a_better_model_on_the_same_split(client, demo, 
 def test_an_unreachable_server_fails_before_any_work(tmp_path):
     port = free_port()
     proc = subprocess.run([str(BIN / "sparkvision"), "run", "--output", str(tmp_path / "x")],
-                          env={**_env(f"http://127.0.0.1:{port}"), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                               "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"},
-                          capture_output=True, text=True, timeout=300)
+                          env=_env(f"http://127.0.0.1:{port}"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and f"MLflow tracking server http://127.0.0.1:{port}" in proc.stderr
     assert not (tmp_path / "x" / "images.parquet").exists()
 
@@ -216,12 +239,13 @@ def test_served_model_answers_a_rest_request_with_one_jpeg(server, football, foo
     try:
         assert wait_for_port(port, 180), (football_registered / "serve.log").read_text()[-3000:]
         image = (football / first["image_id"]).read_bytes()
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(image).decode()]]}})
+        rows = [[base64.b64encode(image).decode()], [base64.b64encode(b"not an image").decode()]]
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}})
         for _ in range(60):  # the port opens before the model has loaded
             try:
                 req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body.encode(),
                                              {"Content-Type": "application/json"})
-                answer = json.loads(urllib.request.urlopen(req, timeout=120).read())
+                text = urllib.request.urlopen(req, timeout=120).read().decode()
                 break
             except OSError:
                 time.sleep(1)
@@ -231,9 +255,12 @@ def test_served_model_answers_a_rest_request_with_one_jpeg(server, football, foo
         os.killpg(proc.pid, 15)
         proc.wait(30)
         log.close()
-    row = answer["predictions"][0]
+    # Strict JSON: a failed row is null, never a bare NaN that JSON clients other than Python's refuse.
+    answer = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c} in {text[:500]}"))
+    row, bad = answer["predictions"]
     assert row["label"] == first["predicted_label"] and row["error"] is None
     np.testing.assert_allclose(row["probabilities"], first["probability"], atol=1e-5)
+    assert bad["label"] is bad["confidence"] is bad["probabilities"] is None and "not an image" in bad["error"]
 
 
 def test_ui_screenshot(server, demo, tmp_path):

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
         _common(p, data=name in ("load", "run"), network=True)
-        if name in ("train", "evaluate", "run"):
+        if name in ("evaluate", "run"):  # registration needs the test accuracy: it happens in evaluate
             _tracked(p)
     text = "predict images with a trained model"
     p = sub.add_parser("predict", help=text, description=text)

@@ -205,8 +205,8 @@ def validate(cfg: Config) -> None:
     from . import secrets
     from .tracking import check_uri
 
-    check_uri(cfg["mlflow"]["tracking_uri"], "mlflow.tracking_uri")
-    check_uri(cfg["mlflow"]["registry_uri"], "mlflow.registry_uri")
+    check_uri(cfg["mlflow"]["tracking_uri"], "config key 'mlflow.tracking_uri'")
+    check_uri(cfg["mlflow"]["registry_uri"], "config key 'mlflow.registry_uri'")
     try:  # credentials never come from (nor stay in) the URL: see secrets.clean_mirror_url
         cfg["network"]["mirror_url"] = secrets.clean_mirror_url(cfg["network"]["mirror_url"])
     except secrets.CredentialInURL as exc:

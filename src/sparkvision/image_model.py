@@ -139,7 +139,8 @@ class ImageClassifier:
         return pd.DataFrame({
             LABEL: [self.classes[i] if i is not None else None for i in index],
             CLASS_INDEX: pd.array(index, dtype="Int64"),
-            CONFIDENCE: [float(p.max()) if good else None for p, good in zip(proba, ok)],
+            # Nullable dtypes: a row that failed is null, never NaN (a bare NaN is not JSON for a REST client).
+            CONFIDENCE: pd.array([float(p.max()) if good else None for p, good in zip(proba, ok)], dtype="Float64"),
             PROBABILITIES: [p.tolist() if good else None for p, good in zip(proba, ok)],
             ERROR: errors,
         })

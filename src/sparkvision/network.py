@@ -3,7 +3,7 @@ and run as one TensorFlow graph from uint8 RGB pixels to features, with the one 
 :mod:`sparkvision.images`.
 
 The Spark featurizer's UDF (:mod:`sparkvision.featurizer`) and the MLflow pyfunc model
-(:mod:`sparkvision.serving`) both call these functions, so a model served without Spark computes the
+(:mod:`sparkvision.image_model`, :mod:`sparkvision.pyfunc_model`) both call these functions, so a model served without Spark computes the
 same features as the Spark stage. Nothing here imports PySpark.
 """
 

@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import storage
@@ -70,8 +71,8 @@ def check_uri(uri: str | None, key: str) -> None:
     """A tracking or registry URI carries no credentials (they would land in configs and logs)."""
     from urllib.parse import urlsplit
 
-    if uri and "://" in uri and urlsplit(uri).password is not None:
-        raise ConfigError(f"config key {key!r}: the URL holds a password; give credentials in "
+    if uri and "://" in uri and "@" in urlsplit(uri).netloc:
+        raise ConfigError(f"{key}: the URL holds credentials (user or token before '@'); give them in "
                           "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN instead")
 
 
@@ -100,11 +101,37 @@ def _shown(uri: str) -> str:
 
 def connect(cfg: Config) -> None:
     """Fail fast, before any work, when tracking is on but the server cannot be used."""
+    check_uri(tracking_uri(cfg), "MLFLOW_TRACKING_URI / config key 'mlflow.tracking_uri'")
     mlflow = _mlflow(cfg)
-    try:
+    with _errors(cfg, "MLflow tracking server"), _few_retries():
         _experiment(mlflow, cfg)
-    except Exception as exc:  # noqa: BLE001 - any client error means the same to the user
-        raise TrackingError(f"MLflow tracking server {_shown(tracking_uri(cfg))}: {type(exc).__name__}: "
+
+
+# MLflow's defaults (7 retries with backoff, 120 s timeouts) take minutes to report a server that is not
+# there: the check before any work uses fewer, unless the user set their own; logging later keeps MLflow's.
+QUICK_CHECK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+@contextmanager
+def _few_retries():
+    added = [k for k in QUICK_CHECK if k not in os.environ]
+    os.environ.update({k: QUICK_CHECK[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+@contextmanager
+def _errors(cfg: Config, what: str):
+    """Any MLflow client error as a :class:`TrackingError` naming the server, credentials redacted."""
+    try:
+        yield
+    except (TrackingError, ConfigError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - MlflowException, HTTP and store errors mean the same to the user
+        raise TrackingError(f"{what} {_shown(tracking_uri(cfg) or '')}: {type(exc).__name__}: "
                             f"{_shown(str(exc))[:500]}") from None
 
 
@@ -134,13 +161,18 @@ def track(spark, cfg: Config, command: str, started: float | None = None) -> dic
     record (``OUT/mlflow.json``)."""
     if command not in GROUPS or not enabled(cfg):
         return None
+    with _errors(cfg, f"{command}: logging to the MLflow tracking server"):
+        return _track(spark, cfg, command, started)
+
+
+def _track(spark, cfg: Config, command: str, started: float | None) -> dict:
     mlflow = _mlflow(cfg)
     lay = RunLayout(cfg["output"]["dir"])
     trained = storage.read_json(lay.train)
-    record = _resumable(mlflow, lay, trained["fingerprint"]) if command == "evaluate" else None
+    experiment_id = _experiment(mlflow, cfg)
+    record = _resumable(mlflow, lay, trained["fingerprint"], experiment_id) if command == "evaluate" else None
     if record is None:
         record = {"run_id": None, "train_fingerprint": trained["fingerprint"], "logged": []}
-    experiment_id = _experiment(mlflow, cfg)
     if not record["run_id"]:  # a new run, dated from the command's start (the UI shows the command's duration)
         record["run_id"] = mlflow.MlflowClient().create_run(
             experiment_id or _default_experiment(mlflow), start_time=int((started or time.time()) * 1000),
@@ -161,17 +193,22 @@ def track(spark, cfg: Config, command: str, started: float | None = None) -> dic
     return record
 
 
-def _resumable(mlflow, lay: RunLayout, fingerprint: str) -> dict | None:
-    """The earlier record of this run folder, if it belongs to the same trained model and its run exists."""
+def _resumable(mlflow, lay: RunLayout, fingerprint: str, experiment_id: str | None) -> dict | None:
+    """The earlier record of this run folder, if it belongs to the same trained model and its run is still
+    there (not deleted, in the experiment this command logs to)."""
     if not storage.exists(lay.tracking):
         return None
     record = storage.read_json(lay.tracking)
     if record.get("train_fingerprint") != fingerprint:
         return None
     try:
-        mlflow.MlflowClient().get_run(record["run_id"])
-    except Exception:  # noqa: BLE001 - deleted, or another server: start a new run
-        log.info("mlflow: run %s of %s not found on this server; starting a new run", record["run_id"], lay.tracking)
+        run = mlflow.MlflowClient().get_run(record["run_id"])
+    except Exception:  # noqa: BLE001 - another server, or purged
+        run = None
+    if run is None or run.info.lifecycle_stage == "deleted" or (
+            experiment_id is not None and run.info.experiment_id != experiment_id):
+        log.info("mlflow: run %s of %s is gone or in another experiment; starting a new run", record["run_id"],
+                 lay.tracking)
         return None
     return record
 
@@ -229,8 +266,8 @@ def _artifacts(mlflow, files: dict[str, str], artifact_path: str | None) -> None
 
 def metric_key(name: str) -> str:
     """An MLflow metric/param key from free text (class names): what MLflow accepts (letters, digits and
-    ``_-. :/``), anything else as ``_``."""
-    return re.sub(r"[^\w.\- :/]", "_", name)[:250]
+    ``_-. :``), anything else as ``_``."""
+    return re.sub(r"[^\w.\- :]", "_", name)[:250]  # no "/": "a/" or "a//b" fail MLflow's path check
 
 
 def _log_load(mlflow, spark, cfg, lay: RunLayout, record: dict) -> None:
@@ -293,7 +330,10 @@ def _log_evaluate(mlflow, spark, cfg, lay: RunLayout, record: dict) -> None:
                         "confusion_matrix.png": ev.confusion_matrix_png, "roc_curve.png": ev.roc_curve_png,
                         "predictions.csv": ev.predictions.csv}, "evaluation")
     name = cfg["mlflow"]["registered_model"]
-    if name:
+    if name and (record.get("registered") or {}).get("name") == name:
+        log.info("mlflow: this model is already %s version %s; not registered again", name,
+                 record["registered"]["version"])
+    elif name:
         record["registered"] = register(mlflow, record["pyfunc_model_uri"], name, m["accuracy"],
                                         cfg["split"]["seed"], cfg["mlflow"]["promote_champion"])
 
@@ -389,13 +429,13 @@ def log_models(mlflow, spark, cfg: Config, lay: RunLayout) -> dict:
             local = os.path.join(tmp, SPARK_MODEL)
             storage.copy_tree(lay.model, local)
             mlflow.log_artifacts(local, SPARK_MODEL)
-            out["spark_model_uri"] = f"runs:/{mlflow.active_run().info.run_id}/{SPARK_MODEL}"
+            out["spark_model_folder"] = f"runs:/{mlflow.active_run().info.run_id}/{SPARK_MODEL}"  # not an MLmodel
         else:
             spark_model = mlflow.spark.log_model(
                 pipeline, SPARK_MODEL, code_paths=[_package_dir()], signature=spark_signature,
                 pip_requirements=pinned_requirements(spark_flavour=True), metadata=metadata)
             out["spark_model_uri"] = spark_model.model_uri
-    log.info("mlflow: models logged (%s, %s)", out["pyfunc_model_uri"], out["spark_model_uri"])
+    log.info("mlflow: models logged (%s)", ", ".join(out.values()))
     return out
 
 
@@ -459,7 +499,9 @@ def fetch_model(cfg: Config, uri: str, dest: str) -> dict:
         if not classifier.is_file():
             raise TrackingError(f"--model {uri} is not a sparkvision image model (no artifacts/classifier.json)")
         info = json.loads(classifier.read_text(encoding="utf-8"))
-        weights = next(p for p in artifacts.iterdir() if p.name != "classifier.json")
+        weights = next((p for p in artifacts.iterdir() if p.name != "classifier.json"), None)
+        if weights is None:
+            raise TrackingError(f"--model {uri}: the model holds no weights file beside classifier.json")
         resolve_weights(registry.get(info["network"]), str(weights), cache_dir=cfg["network"]["cache_dir"],
                         allow_download=False, expected_sha256=info["weights_sha256"])
         storage.delete(dest)

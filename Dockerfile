@@ -31,7 +31,7 @@ COPY constraints.txt pyproject.toml /src/
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-x = p['optional-dependencies']; print('\n'.join(p['dependencies'] + x['local'] + x['lite12'] + x['databricks']))" \
+x = p['optional-dependencies']; print('\n'.join(p['dependencies'] + x['local'] + x['lite12'] + x['databricks'] + x['engines']))" \
     > /tmp/requirements.txt \
  && pip install -c /src/constraints.txt -r /tmp/requirements.txt
 COPY README.md /src/
@@ -47,7 +47,9 @@ RUN --mount=type=secret,id=pip_ca \
  && if [ -n "$KERAS_WEIGHTS" ]; then \
       if [ -s /run/secrets/pip_ca ]; then export SSL_CERT_FILE=/run/secrets/pip_ca; fi; \
       sparkvision weights --cache-dir /opt/sparkvision/weights $KERAS_WEIGHTS; \
-    fi
+    fi \
+ && SPARKVISION_CACHE=/opt/sparkvision/weights TF_CPP_MIN_LOG_LEVEL=3 \
+    python -m sparkvision.engines prepare efficientnet_lite0 efficientnet_lite1 efficientnet_lite2
 
 # Test-only packages, installed beside the venv (not into it) so the runtime venv stays as shipped.
 FROM deps AS test-deps

@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@bash infra/check-java.sh
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[local,test,databricks,mlflow]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[local,test,databricks,mlflow,engines]"
 	@touch $@
 
 # Databricks Runtime 17.3 LTS runs Spark 4.0: the quick suite on PySpark 4.0.x too, in .venv-spark40, which

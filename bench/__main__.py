@@ -1,10 +1,12 @@
 """``python -m bench featurize``: featurization speed, tuning cost and memory, measured in one run.
 
 Every figure comes from a fresh process on the same images and cores (see :mod:`bench.workloads`):
-plain Keras (the limit) and Spark for each model, then load -> featurize -> fit / grid at N and
-10 x N images with the process tree's peak RSS. Writes ``featurize.json`` and ``featurize.md`` to
-``--out``; ``--readme`` also puts the table into README.md. ``--quick`` is the CI smoke run: one
-model, a few images, same code paths; its figures mean nothing.
+the network's limits per engine (no Spark), the Spark featurize stage on TensorFlow (the stage as it
+was) and on ``auto`` for each model, then load -> featurize -> fit / grid at N and 10 x N images with
+the process tree's peak RSS. ``--scale 50000`` runs only the pipeline on 50,000 images against 2,000
+(``scale.json`` / ``scale.md``). Writes ``featurize.json`` and ``featurize.md`` to ``--out``;
+``--readme`` also puts the tables into README.md. ``--quick`` is the CI smoke run: one model, a few
+images, same code paths; its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     f.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where featurize.json/.md go")
     f.add_argument("--readme", action="store_true", help="also write the table into README.md")
     f.add_argument("--quick", action="store_true", help="smoke mode: default model, a few images (CI)")
+    f.add_argument("--scale", type=int, default=None,
+                   help="only the scale run: the pipeline on this many generated images against 2,000 (e.g. 50000)")
     return p.parse_args(argv)
 
 
@@ -89,15 +93,22 @@ def featurize(opts: argparse.Namespace) -> dict:
             if dataset != "generated" and model != registry.DEFAULT_MODEL:
                 continue
             args = {**common, "model": spec.name, "images": folder}
-            log(f"{spec.name} on {dataset}: plain Keras")
-            keras = run_workload("keras", args)
-            log(f"{spec.name} on {dataset}: Spark local[{opts.cores}]")
-            spark = run_workload("spark", args)
-            results["throughput"].append({"model": spec.name, "dataset": dataset, "input_size": spec.input_size,
-                                          "weights": "offline" if spec.offline else "random",
-                                          "keras": keras, "spark": spark})
-            log(f"{spec.name}: Keras predict {keras['predict_ips']:.1f} img/s, Spark warm {spark['warm_ips']:.1f}, "
-                f"decoded {spark['decoded_warm_ips']:.1f}")
+            log(f"{spec.name} on {dataset}: engine limits, one process")
+            limits = run_workload("engines", args)
+            log(f"{spec.name} on {dataset}: Spark local[{opts.cores}], TensorFlow")
+            spark_tf = run_workload("spark", {**args, "engine": "tensorflow"})
+            log(f"{spec.name} on {dataset}: Spark local[{opts.cores}], auto (+ end to end, structs)")
+            spark_auto = run_workload("spark", {**args, "engine": "auto", "e2e": True, "structs": dataset == "generated"})
+            row = {"model": spec.name, "dataset": dataset, "input_size": spec.input_size,
+                   "weights": "offline" if spec.offline else "random", "limits": limits,
+                   "spark_tf": spark_tf, "spark_auto": spark_auto}
+            if "openvino/bf16" in limits["engines"] and spec.name == registry.DEFAULT_MODEL:
+                log(f"{spec.name} on {dataset}: Spark local[{opts.cores}], openvino bf16")
+                row["spark_bf16"] = run_workload("spark", {**args, "engine": "openvino", "precision": "bf16"})
+            results["throughput"].append(row)
+            log(f"{spec.name}: limit (a) {report.best(limits, 'a_ips')[1]:.1f} img/s, (b) "
+                f"{report.best(limits, 'b_ips')[1]:.1f}, Spark TF {spark_tf['warm_ips']:.1f}, "
+                f"Spark {spark_auto['engine']} {spark_auto['warm_ips']:.1f}")
     for model in rss_models:
         for label, folder in sizes.items():
             log(f"{model}: load -> featurize -> fit / grid on {label}")
@@ -109,18 +120,59 @@ def featurize(opts: argparse.Namespace) -> dict:
     return results
 
 
+# The scale run fits once per fold on one grid point: what it measures is load and featurize at scale,
+# and that training still fits in memory.
+SCALE_GRID = {"reg_param": [0.1], "elastic_net_param": [0.0], "max_iter": [100]}
+SCALE_BASE = 2000
+
+
+def scale(opts: argparse.Namespace) -> dict:
+    """load -> featurize -> train on ``--scale`` images and on 2,000, with throughput and peak RSS."""
+    from sparkvision import config
+    from sparkvision.models import registry
+
+    batch = opts.batch_size or config.defaults()["featurize"]["batch_size"]
+    model = (opts.models.split(",")[0] if opts.models else registry.DEFAULT_MODEL)
+    big, base = (60, 20) if opts.quick else (opts.scale, SCALE_BASE)
+    work = os.path.abspath(opts.work)
+    images = os.path.join(work, "images")
+    results: dict = {"machine": report.machine(opts.cores), "command": report.command(opts, parse(["featurize"])),
+                     "settings": {"batch_size": batch, "cores": opts.cores, "quick": opts.quick, "model": model,
+                                  "grid": SCALE_GRID}, "runs": []}
+    for n in (base, big):
+        log(f"generating {n} images under {images}")
+        started = time.time()
+        folder = str(generated_images(images, n))
+        log(f"{n} images ready ({time.time() - started:.0f} s)")
+        log(f"{model}: load -> featurize -> train on {n} images")
+        run = run_workload("pipeline", {"cores": opts.cores, "batch_size": batch, "repeats": 1, "work": work,
+                                        "model": model, "images": folder, "label": f"scale{n}",
+                                        "grid": SCALE_GRID, "repeat_fit": False})
+        run["throughput_ips"] = run["images"] / (run["load_s"] + run["featurize_s"])
+        run["featurize_ips"] = run["images"] / run["featurize_s"]
+        results["runs"].append({"model": registry.get(model).name, "n": n, **run})
+        log(f"{n}: {run['throughput_ips']:.1f} img/s load + featurize, peak RSS "
+            f"{run['peak_rss']['bytes'] / 2**30:.2f} GiB")
+    results["acceptance"] = report.scale_acceptance(results)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse(sys.argv[1:] if argv is None else argv)
-    results = featurize(opts)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "featurize.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = report.markdown(results)
-    (out / "featurize.md").write_text(table)
+    if opts.scale:
+        results = scale(opts)
+        name, table, markers = "scale", report.scale_markdown(results), report.SCALE_MARKERS
+    else:
+        results = featurize(opts)
+        name, table, markers = "featurize", report.markdown(results), report.FEATURIZE_MARKERS
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{name}.md").write_text(table)
     if opts.readme:
-        report.update_readme(ROOT / "README.md", table)
+        report.update_readme(ROOT / "README.md", table, markers)
     print(table)
-    log(f"wrote {out / 'featurize.json'} and {out / 'featurize.md'}")
+    log(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
     return 0
 
 

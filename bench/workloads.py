@@ -1,9 +1,12 @@
 """What the benchmark runs, one workload per fresh process: ``python -m bench.workloads KIND 'JSON'``.
 
-* ``keras``: plain Keras, no Spark: ``model.predict`` on pre-decoded batches (the limit) and the same
-  images end to end from their files (read, decode, resize, preprocess, predict), in one process.
-* ``spark``: sparkvision's featurize stage on the same files inside Spark, cold (fresh workers) then
-  warm, and the featurizer on the same images already decoded (Spark image structs).
+* ``engines``: the network's limits, no Spark, one process: (a) every installed engine (TensorFlow's
+  frozen graph, ONNX Runtime, OpenVINO; OpenVINO bf16 beside them) on pre-decoded uint8 batches, with
+  its features compared to TensorFlow's; (b) each fp32 engine end to end from the same encoded bytes
+  (decode and resize on ``cores`` threads, then predict).
+* ``spark``: sparkvision's featurize stage on the same files inside Spark on one engine, cold (fresh
+  workers) then warm; with ``e2e`` also load + featurize timed together (files -> features on disk),
+  with ``structs`` the featurizer on the same images already decoded (Spark image structs).
 * ``pipeline``: load -> featurize -> one LogisticRegression fit vs a tuning grid on the persisted
   features, for the memory and tuning figures (the parent samples this process tree's RSS).
 
@@ -46,44 +49,61 @@ def weights_for(args: dict) -> str | None:
     return path
 
 
-def keras_workload(args: dict) -> dict:
-    import tensorflow as tf
+def _best(fn, repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls (seconds)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
 
-    threads = args["cores"]
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+
+def engines_workload(args: dict) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sparkvision import engines
     from sparkvision import images as imglib
     from sparkvision.models import registry
 
     spec = registry.get(args["model"])
-    model = spec.build(weights_for(args))
-    preprocess, batch = spec.preprocess_fn(), args["batch_size"]
+    weights, batch, cores, repeats = weights_for(args), args["batch_size"], args["cores"], args["repeats"]
     files = image_files(args["images"])
+    encoded = []
+    for f in files:
+        with open(f, "rb") as fh:
+            encoded.append(fh.read())
 
-    def decode(path: str) -> np.ndarray:
-        with open(path, "rb") as fh:
-            return imglib.decode_for_model(fh.read(), spec.input_size, spec.crop_fraction)
+    def decode(data: bytes) -> np.ndarray:
+        return imglib.decode_for_model(data, spec.input_size, spec.crop_fraction)
 
     started = time.perf_counter()
-    decoded = np.stack([decode(f) for f in files])
-    decode_s = time.perf_counter() - started
-    x = preprocess(decoded.astype(np.float32))
-    model.predict(x[:batch], batch_size=batch, verbose=0)  # build the predict function once
-    predict_s = []
-    for _ in range(args["repeats"]):
-        started = time.perf_counter()
-        model.predict(x, batch_size=batch, verbose=0)
-        predict_s.append(time.perf_counter() - started)
-    files_s = []
-    for _ in range(args["repeats"]):
-        started = time.perf_counter()
-        for i in range(0, len(files), batch):
-            chunk = np.stack([decode(f) for f in files[i:i + batch]])
-            model.predict(preprocess(chunk.astype(np.float32)), batch_size=batch, verbose=0)
-        files_s.append(time.perf_counter() - started)
-    n = len(files)
-    return {"images": n, "decode_ips": n / decode_s, "predict_ips": n / min(predict_s),
-            "predict_s": predict_s, "files_ips": n / min(files_s), "files_s": files_s}
+    pixels = np.stack([decode(d) for d in encoded])
+    decode_ms = (time.perf_counter() - started) / len(encoded) * 1000
+    chunks = [pixels[i:i + batch] for i in range(0, len(pixels), batch)]
+    variants = [(e, "fp32") for e in engines.ENGINES if e in engines.installed()]
+    if engines.bf16_supported():
+        variants.append(("openvino", "bf16"))
+    out, reference = {}, None
+    pool = ThreadPoolExecutor(cores)
+    for engine, precision in variants:
+        predict = engines.build(spec, weights, engine, precision, threads=cores)
+        first = np.asarray(predict(chunks[0]))
+        if reference is None:
+            reference = first  # TensorFlow's, the first variant
+        cosine = (first * reference).sum(1) / np.linalg.norm(first, axis=1) / np.linalg.norm(reference, axis=1)
+        row = {"engine": engine, "precision": precision, "max_abs_diff": float(np.abs(first - reference).max()),
+               "min_cosine": float(cosine.min())}
+        row["a_ips"] = len(pixels) / _best(lambda: [predict(c) for c in chunks], repeats)
+        if precision == "fp32":
+            def from_bytes():
+                for i in range(0, len(encoded), batch):
+                    predict(np.stack(list(pool.map(decode, encoded[i:i + batch]))))
+
+            row["b_ips"] = len(pixels) / _best(from_bytes, repeats)
+        out[f"{engine}/{precision}"] = row
+    pool.shutdown()
+    return {"images": len(files), "decode_ms": decode_ms, "engines": out}
 
 
 def _config(args: dict, out: str):
@@ -94,6 +114,8 @@ def _config(args: dict, out: str):
     cfg["network"]["name"] = args["model"]
     cfg["network"]["weights"] = weights_for(args)
     cfg["featurize"]["batch_size"] = args["batch_size"]
+    cfg["featurize"]["engine"] = args.get("engine", "auto")
+    cfg["featurize"]["precision"] = args.get("precision", "fp32")
     cfg["output"]["dir"] = out
     return cfg
 
@@ -112,22 +134,43 @@ def _timed(fn, *a):
 
 
 def spark_workload(args: dict) -> dict:
-    from sparkvision import pipeline, storage
-    from sparkvision.compat.sparkdl import readImages
+    from sparkvision import pipeline
 
     # Decoded 640x480 structs are ~0.9 MB rows: the JVM needs more than local mode's 1 GB default heap
     # to read and pass them on (the pipeline workload, which the memory figures come from, keeps 1 GB).
     spark = _spark(args, {"spark.driver.memory": "3g"})
-    cfg = _config(args, os.path.join(args["work"], "spark-out", args["model"]))
+    label = f"{args['model']}-{args.get('engine', 'auto')}-{args.get('precision', 'fp32')}"
+    cfg = _config(args, os.path.join(args["work"], "spark-out", label))
     n = pipeline.stage_load(spark, cfg)["accepted"]
-    cold_s, _ = _timed(pipeline.stage_featurize, spark, cfg)
+    cold_s, cold = _timed(pipeline.stage_featurize, spark, cfg)
     warm_s = [_timed(pipeline.stage_featurize, spark, cfg)[0] for _ in range(args["repeats"])]
+    result = {"images": n, "engine": cold["engine"], "precision": cold["precision"], "cold_ips": n / cold_s,
+              "warm_ips": n / min(warm_s), "warm_s": warm_s, "cold_s": cold_s}
+    if args.get("e2e"):
+        # Files -> features on disk on warm workers: load and featurize timed together, best of the repeats.
+        e2e = []
+        for _ in range(args["repeats"]):
+            load_s, _ = _timed(pipeline.stage_load, spark, cfg)
+            featurize_s, _ = _timed(pipeline.stage_featurize, spark, cfg)
+            e2e.append((load_s + featurize_s, load_s, featurize_s))
+        best = min(e2e)
+        result.update({"e2e_ips": n / best[0], "e2e_load_s": best[1], "e2e_featurize_s": best[2],
+                       "e2e_featurize_ips": n / best[2]})
+    if args.get("structs"):
+        result.update(_structs(spark, cfg, args, n, label))
+    spark.stop()
+    return result
 
-    # The same images already decoded: Spark image structs (BGR pixels) at rest in Parquet, one file per
-    # featurize task (written untimed), each read back as one split; then the featurizer alone, its
-    # features written to Parquet.
-    structs_path = os.path.join(args["work"], "spark-out", args["model"], "structs.parquet")
-    features_path = os.path.join(args["work"], "spark-out", args["model"], "struct-features.parquet")
+
+def _structs(spark, cfg, args: dict, n: int, label: str) -> dict:
+    """The same images already decoded: Spark image structs (BGR pixels) at rest in Parquet, one file per
+    featurize task (written untimed), each read back as one split; then the featurizer alone, its
+    features written to Parquet."""
+    from sparkvision import pipeline, storage
+    from sparkvision.compat.sparkdl import readImages
+
+    structs_path = os.path.join(args["work"], "spark-out", label, "structs.parquet")
+    features_path = os.path.join(args["work"], "spark-out", label, "struct-features.parquet")
     parts = pipeline.featurize_partitions(spark, cfg, n)
     (readImages(args["images"]).repartition(parts, "filePath").write.mode("overwrite")
      .option("parquet.block.size", 8 * 2**20).parquet(structs_path))
@@ -142,11 +185,7 @@ def spark_workload(args: dict) -> dict:
          .options(**storage.VECTOR_PARQUET_OPTIONS).parquet(features_path))
 
     decoded_s = [_timed(featurize_structs)[0] for _ in range(args["repeats"])]
-    struct_partitions = structs.rdd.getNumPartitions()
-    spark.stop()
-    return {"images": n, "cold_ips": n / cold_s, "warm_ips": n / min(warm_s), "warm_s": warm_s,
-            "cold_s": cold_s, "decoded_warm_ips": n / min(decoded_s), "decoded_s": decoded_s,
-            "partitions": parts, "struct_partitions": struct_partitions}
+    return {"decoded_warm_ips": n / min(decoded_s), "decoded_s": decoded_s, "partitions": parts}
 
 
 def pipeline_workload(args: dict) -> dict:
@@ -162,7 +201,7 @@ def pipeline_workload(args: dict) -> dict:
     cfg = _config(args, os.path.join(args["work"], "pipeline-out", f"{args['model']}-{args['label']}"))
     cfg["train"].update(args["grid"])
     load_s, loaded = _timed(pipeline.stage_load, spark, cfg)
-    featurize_s, _ = _timed(pipeline.stage_featurize, spark, cfg)
+    featurize_s, featurized = _timed(pipeline.stage_featurize, spark, cfg)
 
     features = spark.read.parquet(pipeline.layout_of(cfg).features)
     classes = loader.classes_of(features)
@@ -180,17 +219,18 @@ def pipeline_workload(args: dict) -> dict:
 
     single_s = [_timed(single_fit)[0]]
     grid_s, tuned = _timed(train.tune, train_rows, len(classes), cfg["train"])
-    single_s.append(_timed(single_fit)[0])
+    if args.get("repeat_fit", True):
+        single_s.append(_timed(single_fit)[0])
     accuracy = MulticlassClassificationEvaluator(labelCol=train.LABEL, metricName="accuracy").evaluate(
         tuned.model.transform(test_rows))
     spark.stop()
     return {"images": loaded["accepted"], "rejected": loaded["rejected"], "load_s": load_s,
-            "featurize_s": featurize_s, "train_rows": n_train, "classes": len(classes),
+            "featurize_s": featurize_s, "engine": featurized["engine"], "train_rows": n_train, "classes": len(classes),
             "single_fit_s": single_s, "grid_s": grid_s, "grid_points": len(tuned.grid),
             "folds": cfg["train"]["folds"], "best_params": tuned.best_params, "test_accuracy": accuracy}
 
 
-WORKLOADS = {"keras": keras_workload, "spark": spark_workload, "pipeline": pipeline_workload}
+WORKLOADS = {"engines": engines_workload, "spark": spark_workload, "pipeline": pipeline_workload}
 
 
 def main(argv: list[str]) -> None:

@@ -76,6 +76,9 @@ EXPECTED = {
     "_temporary/0/part-00000.jpg": "hidden or system folder",
     ".Trash-1000/files/old.jpg": "hidden or system folder",
 }
+# Headers that read fine over pixels that do not decode: rejected by load with data.validate: full, else by
+# featurize's decode (which adds them to rejected.* with the same reason, prefixed "featurize: ").
+DECODE_ONLY = ("dogs/truncated.jpg", "dogs/bad_crc.png")
 UNREADABLE = "dogs/no_permission.jpg"  # added when not running as root (root reads any file)
 UNREADABLE_FOLDER = "locked/"          # likewise: a class folder nobody may list
 

@@ -103,7 +103,8 @@ def test_classic_targets_declare_only_the_job_cluster_they_use(target):
         assert "environments" not in job
         for task in job["tasks"]:
             assert task["job_cluster_key"] == "main" and task["libraries"] == [
-                {"whl": "../dist/*.whl"}, {"pypi": {"package": "tensorflow>=2.16,<3"}}, {"pypi": {"package": "keras>=3.0,<4"}}]
+                {"whl": "../dist/*.whl"}, {"pypi": {"package": "tensorflow>=2.16,<3"}}, {"pypi": {"package": "keras>=3.0,<4"}},
+                *({"pypi": {"package": p}} for p in _engines_extra())]
             assert "environment_key" not in task
         cluster = job["job_clusters"][0]["new_cluster"]  # infra/clusters/cpu.yml, Spark tuning included
         assert cluster["spark_version"] == "17.3.x-cpu-ml-scala2.13"
@@ -617,3 +618,11 @@ def test_the_stack_tasks_install_is_the_wheels_stack_extra(bundle_copy, target):
         bundle.validate(bundle_copy, target)
     assert "the run-time stack's range for tensorflow is '<3,>=2.16'" in str(info.value)
     assert "jobs/compute.yml" in str(info.value)
+
+
+def _engines_extra() -> list[str]:
+    """The wheel's `engines` extra (pyproject.toml): the bundle installs the faster inference engines too."""
+    import tomllib
+
+    with open(Path(__file__).parents[1] / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["optional-dependencies"]["engines"]

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,10 @@ from fake_databricks import METRICS, SHORT_NAME, TOKEN, USER, FakeWorkspace
 
 pytest.importorskip("databricks.sdk")
 # The run-time stack's TensorFlow and Keras, which classic tasks install beside the wheel (jobs/compute.yml).
-STACK_LIBRARIES = [{"pypi": {"package": "tensorflow>=2.16,<3"}}, {"pypi": {"package": "keras>=3.0,<4"}}]
+with open(Path(__file__).parents[1] / "pyproject.toml", "rb") as _f:
+    ENGINES = tomllib.load(_f)["project"]["optional-dependencies"]["engines"]  # the bundle installs them too
+STACK_LIBRARIES = [{"pypi": {"package": "tensorflow>=2.16,<3"}}, {"pypi": {"package": "keras>=3.0,<4"}},
+                   *({"pypi": {"package": p}} for p in ENGINES)]
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL_DIR = f"/Workspace/Users/{USER}/.sparkvision/wheels"
 
@@ -107,7 +111,7 @@ def test_submit_serverless_sends_environments_and_environment_keys(workspace, wh
     body = workspace.submitted
     assert body["environments"] == [{"environment_key": "default", "spec": {
         "environment_version": "4", "dependencies": [f"{WHEEL_DIR}/{wheel.name}", "tensorflow>=2.16,<3",
-                                                      "keras>=3.0,<4", "mlflow-skinny>=3.1,<4"]}}]
+                                                      "keras>=3.0,<4", *ENGINES, "mlflow-skinny>=3.1,<4"]}}]
     tasks = body["tasks"]
     assert [t["task_key"] for t in tasks] == ["load", "featurize", "train", "evaluate"]
     for t in tasks:

@@ -103,7 +103,7 @@ def test_workers_refuse_weights_that_differ_from_the_pinned_checksum(digits_imag
     worker's cache or package holds other weights than the driver's."""
     from sparkvision.featurizer import WorkerModelKey, featurize_udf
 
-    key = WorkerModelKey(("efficientnet_lite0", None, None, None, False, "0" * 64))
+    key = WorkerModelKey.of("efficientnet_lite0", None, None, None, False, "0" * 64)
     udf = featurize_udf(key, 8, 1, imglib.DEFAULT_MAX_PIXELS)
     with pytest.raises(Exception, match=r"worker found weights for efficientnet_lite0 .* driver pinned 0{64}") as exc:
         digits_images.select(udf("content")).collect()

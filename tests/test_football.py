@@ -10,11 +10,8 @@ from sparkvision.split import stratified_split
 SEEDS = [12, 1, 2, 3, 4]
 
 
-@pytest.mark.slow
-@pytest.mark.shared
-def test_mean_accuracy_over_five_stratified_splits(football_features, football_loaded, capsys):
-    _, features = football_features
-    assert football_loaded.accepted == 60 and football_loaded.classes == ["messi", "ronaldo"]
+def split_accuracies(features) -> tuple[list[float], list[float]]:
+    """Test accuracy and ROC AUC on each of the :data:`SEEDS` splits, the model tuned on each split's train rows."""
     train_cfg = {**config.defaults()["train"], "reg_param": [0.01, 0.1], "elastic_net_param": [0.0], "max_iter": [100]}
     accuracies, aucs = [], []
     for seed in SEEDS:
@@ -27,7 +24,44 @@ def test_mean_accuracy_over_five_stratified_splits(football_features, football_l
         m = evaluate.metrics_from_arrays(y, yhat, proba, ["messi", "ronaldo"], majority_class=0)
         accuracies.append(m["accuracy"])
         aucs.append(m["roc_auc"])
+    return accuracies, aucs
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_mean_accuracy_over_five_stratified_splits(football_features, football_loaded, capsys):
+    _, features = football_features
+    assert football_loaded.accepted == 60 and football_loaded.classes == ["messi", "ronaldo"]
+    accuracies, aucs = split_accuracies(features)
     with capsys.disabled():
         print(f"\nfootball accuracy per split {accuracies}, mean {np.mean(accuracies):.4f}; "
               f"ROC AUC mean {np.mean(aucs):.4f}")
     assert np.mean(accuracies) >= 0.90
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_engines_precision_and_draft_leave_the_accuracy_unchanged(football_features, football_loaded, capsys):
+    """The same five splits featurized on each engine, in bf16 where the CPU has it, and with JPEG draft
+    decoding: the mean accuracy is TensorFlow's (fp32 engines compute the same features within 1e-4)."""
+    from sparkvision import engines
+    from sparkvision.featurizer import DeepImageFeaturizer
+
+    variants = [("tensorflow", "fp32", False)] + [(e, "fp32", False) for e in engines.installed() if e != "tensorflow"]
+    if engines.bf16_supported():
+        variants.append(("openvino", "bf16", False))
+    variants.append(("auto", "fp32", True))
+    means = {}
+    for engine, precision, draft in variants:
+        f = DeepImageFeaturizer(modelName="efficientnet_lite0", engine=engine, precision=precision, draft=draft)
+        accuracies, _ = split_accuracies(f.transform(football_loaded.images).drop("content").cache())
+        means[(engine, precision, draft)] = float(np.mean(accuracies))
+    with capsys.disabled():
+        print("\nfootball mean accuracy over 5 splits by (engine, precision, draft): "
+              + ", ".join(f"{k}: {v:.4f}" for k, v in means.items()))
+    reference = means[("tensorflow", "fp32", False)]
+    for key, mean in means.items():
+        if key[2]:  # draft changes pixels: reported, and it must still do the job
+            assert mean >= 0.90, (key, mean)
+        else:  # 100 test predictions over the 5 splits: at most one of them may differ
+            assert abs(mean - reference) <= 0.01, (key, mean, reference)

@@ -2,7 +2,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from badfiles import MAX_FILE_MB, count_entries, make_bad_input_set
+from badfiles import DECODE_ONLY, MAX_FILE_MB, count_entries, make_bad_input_set
 from sparkvision import config, loader
 
 
@@ -20,8 +20,25 @@ def bad_set(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bad_loaded(spark, bad_set):
+    """The bad set loaded with every image fully decoded (data.validate: full): every reason at load."""
     root, _ = bad_set
-    return loader.load_images(spark, _data_cfg(images=str(root), max_file_mb=MAX_FILE_MB))
+    return loader.load_images(spark, _data_cfg(images=str(root), max_file_mb=MAX_FILE_MB, validate="full"))
+
+
+def test_header_validation_leaves_only_pixel_errors_to_featurize(spark, bad_set, bad_loaded):
+    """The default: load reads headers only. It rejects everything the full decode rejects, except the
+    files whose header is fine and pixels are not (featurize rejects those; test_pipeline)."""
+    root, expected = bad_set
+    header = loader.load_images(spark, _data_cfg(images=str(root), max_file_mb=MAX_FILE_MB))
+    full = {r.image_id: r.reason for r in bad_loaded.rejected.collect()}
+    reasons = {r.image_id: r.reason for r in header.rejected.collect()}
+    assert set(full) - set(reasons) == set(DECODE_ONLY)
+    assert {i: reasons[i] for i in reasons} == {i: full[i] for i in reasons}  # same reasons, same words
+    accepted = {r.image_id: (r.width, r.height) for r in header.images.select("image_id", "width", "height").collect()}
+    full_sizes = {r.image_id: (r.width, r.height) for r in bad_loaded.images.select("image_id", "width", "height").collect()}
+    assert set(accepted) == set(full_sizes) | set(DECODE_ONLY)
+    assert {i: accepted[i] for i in full_sizes} == full_sizes  # upright sizes from the header alone
+    assert header.accepted + header.n_rejected == header.discovered == len(expected)
 
 
 def test_corpus_has_at_least_30_kinds(bad_set):
@@ -133,7 +150,7 @@ def test_manifest(spark, bad_set, tmp_path):
         f"{root}/dogs/good3.jpg,hound\n",
         encoding="utf-8",
     )
-    r = loader.load_images(spark, _data_cfg(manifest=str(manifest)))
+    r = loader.load_images(spark, _data_cfg(manifest=str(manifest), validate="full"))
     assert (r.discovered, r.accepted, r.n_rejected) == (5, 3, 2)
     assert r.classes == ["hound", "tabby"]
     reasons = sorted(row.reason for row in r.rejected.collect())
@@ -218,5 +235,7 @@ def test_memory_error_in_a_read_task_fails_the_task(monkeypatch):
 
     monkeypatch.setattr(loader, "read_file", lambda path: b"\xff\xd8\xff")
     monkeypatch.setattr(imglib, "inspect", no_memory)
-    with pytest.raises(MemoryError):
-        loader.read_and_check("file:/x.jpg", 100, 100)
+    monkeypatch.setattr(imglib, "inspect_header", no_memory)
+    for validate in ("header", "full"):
+        with pytest.raises(MemoryError):
+            loader.read_and_check("file:/x.jpg", 100, 100, validate)

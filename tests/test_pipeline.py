@@ -322,3 +322,30 @@ def test_output_as_a_file_uri_writes_only_there(spark, run_dir, digits_small, tm
     a, b = (json.loads((d / "evaluation" / "metrics.json").read_text()) for d in (run_dir, out))
     assert a["accuracy"] == b["accuracy"] and a["confusion_matrix"] == b["confusion_matrix"]
     assert spark.read.parquet(str(tmp_path / "uri-pred" / "predictions.parquet")).count() == 30
+
+
+def test_undecodable_images_reach_rejected_through_featurize(spark, tmp_path):
+    """Decode once: with header validation the load accepts files whose pixels do not decode; featurize's
+    decode rejects them into rejected.parquet / rejected.csv with the reason, nothing lost, and a second
+    featurize replaces its rows instead of adding them again."""
+    from badfiles import DECODE_ONLY, MAX_FILE_MB, make_bad_input_set
+
+    root = tmp_path / "bad"
+    expected = make_bad_input_set(root, tmp_path / "elsewhere")
+    cfg = config.load(None, [f"data.images={root}", f"output.dir={tmp_path / 'out'}", f"data.max_file_mb={MAX_FILE_MB}"])
+    loaded = pipeline.stage_load(spark, cfg)
+    assert set(DECODE_ONLY) <= {r.image_id for r in spark.read.parquet(str(tmp_path / "out" / "images.parquet")).collect()}
+    for _ in range(2):
+        featurized = pipeline.stage_featurize(spark, cfg)
+        assert featurized["rejected"] == len(DECODE_ONLY)
+        assert featurized["images"] == loaded["accepted"] - len(DECODE_ONLY)
+        with open(tmp_path / "out" / "rejected.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        reasons = {r["image_id"]: r["reason"] for r in rows}
+        assert len(rows) == len(reasons) == loaded["rejected"] + len(DECODE_ONLY)  # once each, also after a re-run
+        for image_id in DECODE_ONLY:
+            assert reasons[image_id].startswith("featurize: corrupt or truncated image"), reasons[image_id]
+        feature_ids = {r.image_id for r in spark.read.parquet(str(tmp_path / "out" / "features.parquet")).collect()}
+        assert not feature_ids & set(reasons)
+        assert len(feature_ids) + len(reasons) == len(expected)  # every listed entry in exactly one table
+        assert {r.image_id for r in spark.read.parquet(str(tmp_path / "out" / "rejected.parquet")).collect()} == set(reasons)

@@ -51,6 +51,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "extensions": Field(list(IMAGE_EXTENSIONS), list, _list_of(str), "a non-empty list of file extensions"),
         "max_pixels": Field(DEFAULT_MAX_PIXELS, int, _positive, "a positive integer"),
         "max_file_mb": Field(64, (int, float), _positive, "a positive number of megabytes"),
+        # header: load reads each file's header (format, size, orientation) and the one full decode happens
+        # in featurize, whose failures join rejected.*; full: load also decodes every image to validate it.
+        "validate": Field("header", str, lambda v: v in ("header", "full"), "one of header, full"),
     },
     "split": {
         "test_fraction": Field(1 / 3, (int, float), lambda v: 0 < v < 1, "a number in (0, 1)"),
@@ -71,6 +74,14 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "partitions": Field(0, int, lambda v: v >= 0,
                             "0 (the images table's own splits; two per executor core if fewer than the cores) "
                             "or a positive integer"),
+        # the inference engine (sparkvision.engines): auto = the fastest installed one on CPU, TensorFlow on a GPU
+        "engine": Field("auto", str, lambda v: v in ("auto", "tensorflow", "onnxruntime", "openvino"),
+                        "one of auto, tensorflow, onnxruntime, openvino"),
+        # bf16: OpenVINO on a CPU with bf16 instructions (features within cosine 0.999 of fp32, not bitwise)
+        "precision": Field("fp32", str, lambda v: v in ("fp32", "bf16"), "one of fp32, bf16"),
+        # decode large JPEGs at a reduced scale (Pillow draft, DCT domain) before the resize: faster on big
+        # photos, pixels differ slightly from keras.utils.load_img, so opt-in
+        "draft": Field(False, bool),
     },
     "train": {
         "reg_param": Field([0.01, 0.1, 1.0], list, _list_of((int, float), lambda x: x >= 0), "a list of numbers >= 0"),

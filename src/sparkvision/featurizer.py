@@ -4,13 +4,16 @@ Input is either encoded image bytes (``binaryFile``'s ``content``, the loader's 
 image struct (``spark.read.format("image")``, sparkdl's ``readImages``), whose BGR pixels are turned
 into RGB before the model's resize and preprocessing.
 
-An iterator pandas UDF builds the Keras model once per Python worker (kept across tasks with
-``spark.python.worker.reuse``), regroups the Arrow batches (sized by bytes) into full ``batchSize``
-network batches, decodes them with Pillow and runs the network with TensorFlow's threads bounded to
-the task's cores: one busy thread per task core, no oversubscription. On a GPU executor it uses the
-task's GPUs and decodes the next batch on a helper thread while the device works. The stage
-persists its parameters only: the model name and the sha256 of its weights file, which every
-worker re-checks, so a saved pipeline never carries (or silently swaps) weights.
+An iterator pandas UDF loads the network once per Python worker (kept across tasks with
+``spark.python.worker.reuse``) on the chosen ``engine`` (:mod:`sparkvision.engines`: ONNX Runtime or
+OpenVINO load a graph exported once per machine, TensorFlow builds the Keras model), regroups the
+Arrow batches (sized by bytes) into full ``batchSize`` network batches, decodes them with Pillow and
+runs the network with its threads bounded to the task's cores: one busy thread per task core, no
+oversubscription. On a GPU executor ``auto`` means TensorFlow on the task's GPUs, and the next batch
+is decoded on a helper thread while the device works. The stage persists its parameters only (the
+engine among them; a saved pipeline runs on any engine by changing that parameter): the model name
+and the sha256 of its weights file, which every worker re-checks, so a saved pipeline never carries
+(or silently swaps) weights.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from . import engines
 from . import images as imglib
 from .columns import CONTENT, FEATURES
 from .models import registry
 from .models.weights import file_digest, resolve_weights
-from .network import (WeightsChecksumError, WorkerModelKey, configure_tensorflow, decode_rows, featurize_arrays,
+from .network import (WeightsChecksumError, WorkerModelKey, configure, decode_rows, featurize_arrays,
                       load_worker_model)
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,13 @@ class _FeaturizerParams(HasInputCol, HasOutputCol):
         Params._dummy(), "numThreads", "TensorFlow threads per task; 0 = the task's cores", TypeConverters.toInt
     )
     maxPixels = Param(Params._dummy(), "maxPixels", "largest image (pixels) decoded", TypeConverters.toInt)
+    engine = Param(Params._dummy(), "engine",
+                   "inference engine: auto (fastest installed on CPU, TensorFlow on a GPU), tensorflow, onnxruntime, "
+                   "openvino", TypeConverters.toString)
+    precision = Param(Params._dummy(), "precision", "fp32, or bf16 (openvino on a CPU with bf16)",
+                      TypeConverters.toString)
+    draft = Param(Params._dummy(), "draft", "decode large JPEGs at a reduced scale before the resize (Pillow draft)",
+                  TypeConverters.toBoolean)
     errorCol = Param(Params._dummy(), "errorCol",
                      "optional output column: why an image could not be featurized (null when it was)",
                      TypeConverters.toString)
@@ -67,7 +78,8 @@ class _FeaturizerParams(HasInputCol, HasOutputCol):
     def __init__(self):
         super().__init__()
         self._setDefault(inputCol=CONTENT, outputCol=FEATURES, modelName=registry.DEFAULT_MODEL, allowDownload=True,
-                         batchSize=32, numThreads=0, maxPixels=imglib.DEFAULT_MAX_PIXELS)
+                         batchSize=32, numThreads=0, maxPixels=imglib.DEFAULT_MAX_PIXELS, engine=engines.AUTO,
+                         precision="fp32", draft=False)
 
     def getModelName(self) -> str:
         return self.getOrDefault(self.modelName)
@@ -96,6 +108,15 @@ class _FeaturizerParams(HasInputCol, HasOutputCol):
     def getMaxPixels(self) -> int:
         return self.getOrDefault(self.maxPixels)
 
+    def getEngine(self) -> str:
+        return self.getOrDefault(self.engine)
+
+    def getPrecision(self) -> str:
+        return self.getOrDefault(self.precision)
+
+    def getDraft(self) -> bool:
+        return self.getOrDefault(self.draft)
+
     def getErrorCol(self) -> str | None:
         return self._opt(self.errorCol)
 
@@ -110,7 +131,8 @@ class DeepImageFeaturizer(Transformer, _FeaturizerParams, DefaultParamsReadable,
     def __init__(self, *, inputCol: str | None = None, outputCol: str | None = None, modelName: str | None = None,
                  weightsPath: str | None = None, weightsChecksum: str | None = None, cacheDir: str | None = None,
                  mirrorUrl: str | None = None, allowDownload: bool | None = None, batchSize: int | None = None,
-                 numThreads: int | None = None, maxPixels: int | None = None, errorCol: str | None = None):
+                 numThreads: int | None = None, maxPixels: int | None = None, engine: str | None = None,
+                 precision: str | None = None, draft: bool | None = None, errorCol: str | None = None):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
@@ -120,6 +142,12 @@ class DeepImageFeaturizer(Transformer, _FeaturizerParams, DefaultParamsReadable,
             from . import secrets
 
             kwargs["mirrorUrl"] = secrets.clean_mirror_url(kwargs["mirrorUrl"], "mirrorUrl")  # saved: no credentials
+        if kwargs.get("engine") is not None and kwargs["engine"] not in (engines.AUTO, *engines.ENGINES):
+            raise ValueError(f"DeepImageFeaturizer: engine {kwargs['engine']!r} is not one of "
+                             f"{', '.join((engines.AUTO, *engines.ENGINES))}")
+        if kwargs.get("precision") is not None and kwargs["precision"] not in engines.PRECISIONS:
+            raise ValueError(f"DeepImageFeaturizer: precision {kwargs['precision']!r} is not one of "
+                             f"{', '.join(engines.PRECISIONS)}")
         return self._set(**{k: v for k, v in kwargs.items() if v is not None})
 
     def spec(self) -> registry.ModelSpec:
@@ -145,6 +173,12 @@ class DeepImageFeaturizer(Transformer, _FeaturizerParams, DefaultParamsReadable,
         self._set(weightsChecksum=digest)
         return str(path)
 
+    def resolveEngine(self, gpu: bool = False) -> str:
+        """The engine ``engine`` means in this Python (``auto`` resolved), or :class:`engines.EngineError`.
+
+        Workers resolve ``auto`` again for themselves (TensorFlow where Spark assigned the task a GPU)."""
+        return engines.resolve(self.getEngine(), self.getPrecision(), gpu)
+
     def _transform(self, dataset: DataFrame) -> DataFrame:
         in_col = self.getInputCol()
         if in_col not in dataset.columns:
@@ -157,10 +191,12 @@ class DeepImageFeaturizer(Transformer, _FeaturizerParams, DefaultParamsReadable,
                 f"image struct (height, width, nChannels, mode, data), got {dtype.simpleString()}"
             )
         self.resolveWeights()
+        self.resolveEngine()  # a clear error here, not in every task, when the engine cannot run
         key = WorkerModelKey.of(self.spec().name, self.getWeightsPath(), self.getCacheDir(), self.getMirrorUrl(),
-                                self.getAllowDownload(), self.getWeightsChecksum())
+                                self.getAllowDownload(), self.getWeightsChecksum(), self.getEngine(),
+                                self.getPrecision())
         udf = featurize_udf(key, self.getBatchSize(), self.getNumThreads(),
-                            self.getMaxPixels(), struct)
+                            self.getMaxPixels(), struct, self.getDraft())
         column = F.col(in_col)
         if struct:
             column = F.struct(*[F.col(f"{in_col}.{f}") for f in IMAGE_STRUCT_FIELDS])
@@ -185,7 +221,8 @@ UDF_SCHEMA = T.StructType([T.StructField("features", T.ArrayType(T.FloatType()))
                            T.StructField("error", T.StringType())])
 
 
-def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels: int, struct: bool = False):
+def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels: int, struct: bool = False,
+                  draft: bool = False):
     """The pandas UDF: encoded bytes (a Series) or image structs (a DataFrame) -> ``(features, error)``."""
 
     def run(batches):
@@ -193,7 +230,7 @@ def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels
 
         ctx = TaskContext.get()
         gpus = ctx.resources()["gpu"].addresses if ctx and "gpu" in ctx.resources() else None
-        configure_tensorflow(threads or (ctx.cpus() if ctx else 1), gpus)
+        configure(threads or (ctx.cpus() if ctx else 1), gpus)
         _, spec = load_worker_model(key)
 
         def network_batches():
@@ -207,7 +244,7 @@ def featurize_udf(key: WorkerModelKey, batch_size: int, threads: int, max_pixels
             if rows:
                 yield rows
 
-        decoded = (decode_rows(rows, spec, max_pixels, struct) for rows in network_batches())
+        decoded = (decode_rows(rows, spec, max_pixels, struct, draft) for rows in network_batches())
         if gpus:  # the device computes while the CPU decodes the next batch; on CPU it would oversubscribe
             decoded = _one_ahead(decoded)
         for errors, positions, arrays in decoded:

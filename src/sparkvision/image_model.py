@@ -79,10 +79,13 @@ def describe(pipeline, weights_sha256: str | None = None) -> dict:
     }
 
 
+ENGINE_ENV = "SPARKVISION_ENGINE"  # the served model's inference engine (featurize.engine's values)
+
+
 class ImageClassifier:
     """The network + classifier in this process. ``predict`` takes encoded images (bytes or base64 text)."""
 
-    def __init__(self, info: dict, weights_path: str, threads: int = 0):
+    def __init__(self, info: dict, weights_path: str, threads: int = 0, engine: str | None = None):
         if info.get("format") != FORMAT:
             raise ValueError(f"classifier.json: format {info.get('format')!r}, expected {FORMAT!r}")
         self.info = info
@@ -94,9 +97,11 @@ class ImageClassifier:
         self.batch_size = int(info.get("batch_size") or 32)
         import os
 
-        network.configure_tensorflow(threads or os.cpu_count() or 1)
+        network.configure(threads or os.cpu_count() or 1)
         # The weights file travels with the model; its sha256 is checked like a Spark worker checks it.
-        self.key = network.WorkerModelKey.of(self.spec.name, weights_path, None, None, False, info["weights_sha256"])
+        # ``engine`` (else $SPARKVISION_ENGINE, else auto: the fastest installed) is how it runs, not what it computes.
+        self.key = network.WorkerModelKey.of(self.spec.name, weights_path, None, None, False, info["weights_sha256"],
+                                             engine or os.environ.get(ENGINE_ENV) or "auto")
         network.load_worker_model(self.key)
 
     @classmethod

@@ -9,8 +9,10 @@ Failures raise :class:`ImageRejected` with a reason meant for the rejected-files
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -51,29 +53,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if mode == "RGB" else img.convert("RGB")
 
 
-def decode_rgb(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
-    """Decode encoded bytes fully into an upright RGB image, or raise :class:`ImageRejected`.
-
-    ``draft`` lets JPEG decode at a reduced scale (validation only: every byte is still decoded).
-    """
-    if data is None or len(data) == 0:
-        raise ImageRejected("empty file (0 bytes)")
+@contextmanager
+def _reasons(max_pixels: int):
+    """Pillow's exceptions -> :class:`ImageRejected` with the reason the rejected-files report shows."""
     _allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageRejected(
-                    f"too many pixels: {width}x{height} = {width * height:,} > max_pixels {max_pixels:,}"
-                )
-            if draft and img.format == "JPEG":
-                img.draft("RGB", draft)
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # no copy when upright already
-            return to_rgb(img)
+            yield
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -84,6 +71,48 @@ def decode_rgb(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
         raise ImageRejected(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
     # MemoryError is not caught: running out of memory says nothing about the file. It fails the task,
     # which Spark retries (on another executor, or once memory is free) instead of rejecting a good image.
+
+
+def _open(data: bytes | None, max_pixels: int) -> Image.Image:
+    """The image's header read (no pixels decoded yet), its size checked against ``max_pixels``."""
+    if data is None or len(data) == 0:
+        raise ImageRejected("empty file (0 bytes)")
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageRejected(f"too many pixels: {width}x{height} = {width * height:,} > max_pixels {max_pixels:,}")
+    return img
+
+
+def decode_rgb(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode encoded bytes fully into an upright RGB image, or raise :class:`ImageRejected`.
+
+    ``draft`` lets a JPEG decode at a reduced scale in the DCT domain (1/2, 1/4 or 1/8), the largest
+    that is still at least ``draft`` in both dimensions: every byte is still decoded.
+    """
+    with _reasons(max_pixels):
+        img = _open(data, max_pixels)
+        if draft and img.format == "JPEG":
+            img.draft("RGB", draft)
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # no copy when upright already
+        return to_rgb(img)
+
+
+def inspect_header(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int | None, int | None, str | None]:
+    """Like :func:`inspect` from the header alone (format, size, orientation; no pixels decoded): what
+    ``data.validate: header`` checks at load. A file whose pixels are corrupt or truncated passes here
+    and is rejected by the featurizer's decode, with the same reason."""
+    try:
+        with _reasons(max_pixels):
+            with _open(data, max_pixels) as img:
+                w, h = img.size
+                if _orientation_swaps_axes(img):
+                    w, h = h, w
+                return w, h, None
+    except ImageRejected as exc:
+        return None, None, str(exc)
 
 
 def inspect(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int | None, int | None, str | None]:
@@ -128,8 +157,19 @@ def resize_for_model(img: Image.Image, size: int, crop_fraction: float = 1.0) ->
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_for_model(data: bytes, size: int, crop_fraction: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    return resize_for_model(decode_rgb(data, max_pixels), size, crop_fraction)
+def decode_for_model(data: bytes, size: int, crop_fraction: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     draft: bool = False) -> np.ndarray:
+    """Encoded bytes -> the model's ``(size, size, 3)`` uint8 input.
+
+    ``draft`` (``featurize.draft``, opt-in): a JPEG larger than twice what the model needs is decoded at a
+    reduced scale first, never below what the crop and resize need (no upsampling), so a 12 MP photo
+    costs a fraction of its full decode. Pixels then differ slightly from ``keras.utils.load_img``'s.
+    """
+    need = None
+    if draft:
+        side = math.ceil(size / crop_fraction)
+        need = (side, side)
+    return resize_for_model(decode_rgb(data, max_pixels, draft=need), size, crop_fraction)
 
 
 # Spark's image struct (pyspark.ml.image.ImageSchema, and sparkdl's readImages): 8-bit pixels in

@@ -1,7 +1,9 @@
 """Load labelled images into Spark: a folder per class, or a ``path,label`` manifest.
 
 The driver lists the input itself (:mod:`sparkvision.listing`); files that can be images are read and
-checked by a full Pillow decode in Spark tasks. Every listed entry ends up in exactly one of two tables:
+checked in Spark tasks: by their header (format, size, orientation) with ``data.validate: header``
+(the default: the one full decode is the featurizer's, whose failures join ``rejected``), or by a
+full Pillow decode with ``full``. Every listed entry ends up in exactly one of two tables:
 
 * ``images``: ``image_id, path, label, label_index, width, height, content``
 * ``rejected``: ``image_id, path, label, reason``
@@ -176,8 +178,10 @@ def read_file(path: str) -> bytes:
     return storage.read_bytes(path)
 
 
-def read_and_check(path: str, max_bytes: int, max_pixels: int) -> tuple[bytes | None, int | None, int | None, str | None]:
-    """``(content, width, height, None)`` for a usable image, else ``(None, None, None, reason)``.
+def read_and_check(path: str, max_bytes: int, max_pixels: int, validate: str = "header"
+                   ) -> tuple[bytes | None, int | None, int | None, str | None]:
+    """``(content, width, height, None)`` for a usable image, else ``(None, None, None, reason)``;
+    ``validate``: ``header`` reads the header only, ``full`` decodes the pixels too.
 
     A file that vanished or became unreadable since the listing is a rejected row, not a failed job.
     A ``MemoryError`` is not a property of the file: it propagates, so Spark retries the task.
@@ -192,14 +196,15 @@ def read_and_check(path: str, max_bytes: int, max_pixels: int) -> tuple[bytes | 
         return None, None, None, f"not readable: {exc.strerror or exc}"
     if len(data) > max_bytes:
         return None, None, None, f"file too large: {len(data)} bytes (grew after listing)"
-    width, height, why = imglib.inspect(data, max_pixels)
+    check = imglib.inspect if validate == "full" else imglib.inspect_header
+    width, height, why = check(data, max_pixels)
     return (None, None, None, why) if why else (data, width, height, None)
 
 
-def _read_udf(max_bytes: int, max_pixels: int):
+def _read_udf(max_bytes: int, max_pixels: int, validate: str):
     @F.pandas_udf(READ_SCHEMA)
     def read(paths: pd.Series, reasons: pd.Series) -> pd.DataFrame:
-        rows = [(None, None, None, why) if why is not None else read_and_check(p, max_bytes, max_pixels)
+        rows = [(None, None, None, why) if why is not None else read_and_check(p, max_bytes, max_pixels, validate)
                 for p, why in zip(paths, reasons)]
         return pd.DataFrame(rows, columns=READ_SCHEMA.fieldNames()).astype({WIDTH: "Int32", HEIGHT: "Int32"})
 
@@ -213,9 +218,10 @@ def read_tasks(spark: SparkSession, inv: Inventory) -> int:
 
 
 def checked_table(spark: SparkSession, inv: Inventory, data_cfg: dict, classes: list[str] | None) -> DataFrame:
-    """All entries, candidates read and decoded in Spark tasks: the image columns plus ``reason``."""
+    """All entries, candidates read and checked in Spark tasks: the image columns plus ``reason``."""
     entries = spark.createDataFrame(inv.rows, ENTRY_SCHEMA).repartition(min(read_tasks(spark, inv), len(inv.rows)))
-    read = _read_udf(_max_bytes(data_cfg), data_cfg["max_pixels"])(F.col(PATH), F.col(REASON))
+    read = _read_udf(_max_bytes(data_cfg), data_cfg["max_pixels"], data_cfg.get("validate", "header"))(
+        F.col(PATH), F.col(REASON))
     checked = entries.withColumn("_read", read)
     if classes is not None:
         index = F.array_position(F.array(*[F.lit(c) for c in classes]), F.col(LABEL)).cast("int") - 1
@@ -285,7 +291,9 @@ def stage(spark: SparkSession, inv: Inventory, data_cfg: dict, target: str) -> S
     classes = class_names(inv)
     tmp = storage.staged_parquet(_checked(spark, inv, data_cfg, classes), target, partition_by=ACCEPTED)
     try:
-        n_accepted, n_rejected = _summarize(spark.read.parquet(tmp), inv, classes)
+        # A partition column reads back as a string ('false' is truthy): typed again before it is counted.
+        staged = spark.read.parquet(tmp).withColumn(ACCEPTED, F.col(ACCEPTED).cast("boolean"))
+        n_accepted, n_rejected = _summarize(staged, inv, classes)
     except BaseException:
         storage.delete(tmp)
         raise

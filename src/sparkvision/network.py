@@ -32,12 +32,14 @@ class WeightsChecksumError(ValueError):
 
 
 class WorkerModelKey(tuple):
-    """What a process needs to find and verify the same weights: (model, path, cache, mirror, download, sha256)."""
+    """What a process needs to find, verify and run the same network:
+    (model, path, cache, mirror, download, sha256, engine, precision)."""
 
     @classmethod
     def of(cls, name: str, weights_path: str | None, cache_dir: str | None, mirror_url: str | None,
-           allow_download: bool, checksum: str | None) -> "WorkerModelKey":
-        return cls((name, weights_path, cache_dir, mirror_url, allow_download, checksum))
+           allow_download: bool, checksum: str | None, engine: str = "auto", precision: str = "fp32"
+           ) -> "WorkerModelKey":
+        return cls((name, weights_path, cache_dir, mirror_url, allow_download, checksum, engine, precision))
 
 
 # Models built in this Python worker, most recently used last. A worker keeps at most this many networks
@@ -46,6 +48,17 @@ class WorkerModelKey(tuple):
 MAX_WORKER_MODELS = 2
 _MODELS: "OrderedDict[tuple, tuple]" = OrderedDict()
 _TF_THREADS: int | None = None
+# This process's share of the machine, set once by its first task (see :func:`configure`).
+_THREADS: int | None = None
+_GPUS: list[str] | None = None
+
+
+def configure(threads: int, gpus: list[str] | None = None) -> None:
+    """Record this process's inference threads and GPUs (the first task's); engines are set up with them
+    when they load. Nothing is imported here: a worker running ONNX Runtime never imports TensorFlow."""
+    global _THREADS, _GPUS
+    if _THREADS is None:
+        _THREADS, _GPUS = max(1, threads), gpus or None
 
 
 def configure_tensorflow(threads: int, gpus: list[str] | None = None) -> None:
@@ -97,7 +110,9 @@ def load_worker_model(key: WorkerModelKey):
     if key in _MODELS:
         _MODELS.move_to_end(key)
     else:
-        name, weights_path, cache_dir, mirror_url, allow_download, checksum = key
+        from . import engines
+
+        name, weights_path, cache_dir, mirror_url, allow_download, checksum, engine, precision = key
         spec = registry.get(name)
         path = resolve_weights(spec, weights_path, cache_dir, mirror_url, allow_download=allow_download,
                                expected_sha256=checksum)
@@ -105,7 +120,14 @@ def load_worker_model(key: WorkerModelKey):
             raise WeightsChecksumError(
                 f"worker found weights for {name} at {path} with sha256 {file_digest(path)}, driver pinned {checksum}"
             )
-        predict = inference_function(spec, spec.build(str(path)))
+        threads = _THREADS or 1
+        concrete = engines.resolve(engine, precision, gpu=bool(_GPUS))
+        if concrete == "tensorflow":
+            configure_tensorflow(threads, _GPUS)
+            predict = inference_function(spec, spec.build(str(path)))
+        else:  # a ready graph exported once per machine: no TensorFlow in this process
+            predict = engines.build(spec, str(path), concrete, precision, threads, cache_dir, checksum)
+        predict.engine = concrete
         predict(np.zeros([1, spec.input_size, spec.input_size, 3], np.uint8))  # optimise the graph now
         while len(_MODELS) >= MAX_WORKER_MODELS:
             _MODELS.popitem(last=False)
@@ -163,7 +185,7 @@ def featurize_arrays(key: WorkerModelKey, batch: np.ndarray) -> np.ndarray:
     return np.asarray(predict(np.asarray(batch, dtype=np.uint8)))
 
 
-def decode_rows(rows: list, spec: registry.ModelSpec, max_pixels: int, struct: bool = False
+def decode_rows(rows: list, spec: registry.ModelSpec, max_pixels: int, struct: bool = False, draft: bool = False
                 ) -> tuple[list[str | None], list[int], list[np.ndarray]]:
     """Encoded images (or Spark image-struct tuples) -> ``(errors, positions, arrays)``: one reason or
     ``None`` per row, and the model-sized uint8 RGB arrays of the rows that decoded, with their positions."""
@@ -175,7 +197,7 @@ def decode_rows(rows: list, spec: registry.ModelSpec, max_pixels: int, struct: b
                 arrays.append(imglib.resize_for_model(imglib.from_image_struct(*item), spec.input_size,
                                                       spec.crop_fraction))
             else:
-                arrays.append(imglib.decode_for_model(item, spec.input_size, spec.crop_fraction, max_pixels))
+                arrays.append(imglib.decode_for_model(item, spec.input_size, spec.crop_fraction, max_pixels, draft))
             positions.append(i)
         except imglib.ImageRejected as exc:
             errors[i] = str(exc)

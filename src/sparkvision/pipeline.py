@@ -19,11 +19,12 @@ from pyspark.sql import functions as F
 
 from . import evaluate as ev
 from . import loader, predict as pr, provenance, report_html, storage
-from .columns import CONTENT, FEATURE_COLUMNS, FEATURES, FEATURIZE_ERROR, IMAGE_ID, LABEL, LABEL_INDEX, SPLIT
+from .columns import (CONTENT, FEATURE_COLUMNS, FEATURES, FEATURIZE_ERROR, IMAGE_ID, LABEL, LABEL_INDEX, PATH,
+                      REASON, SPLIT)
 from .config import Config, dump
 from .featurizer import DeepImageFeaturizer
 from .layout import EvaluationLayout, PredictionLayout, RunLayout
-from .spark import default_parallelism, describe_jobs, num_partitions
+from .spark import default_parallelism, describe_jobs, gpu_tasks, num_partitions
 from .split import TEST, TRAIN, split_report, stratified_split
 from .train import assemble, classify_features, tune
 
@@ -50,8 +51,15 @@ def make_featurizer(cfg: Config) -> DeepImageFeaturizer:
     return DeepImageFeaturizer(
         inputCol=CONTENT, outputCol=FEATURES, modelName=n["name"], weightsPath=n["weights"], cacheDir=n["cache_dir"],
         mirrorUrl=n["mirror_url"], allowDownload=n["download"], batchSize=f["batch_size"], numThreads=f["threads"],
-        maxPixels=cfg["data"]["max_pixels"],
+        maxPixels=cfg["data"]["max_pixels"], engine=f["engine"], precision=f["precision"], draft=f["draft"],
     )
+
+
+def runtime_settings(cfg: Config) -> dict:
+    """How this run executes the network (not what it computes): applied to a saved featurizer too."""
+    f = cfg["featurize"]
+    return {"engine": f["engine"], "precision": f["precision"], "draft": f["draft"], "batchSize": f["batch_size"],
+            "numThreads": f["threads"]}
 
 
 def featurize_partitions(spark: SparkSession, cfg: Config, n_images: int) -> int:
@@ -99,7 +107,7 @@ def _beside(spark: SparkSession, fn, *args):
 
 def _data_settings(cfg: Config) -> dict:
     d = cfg["data"]
-    return {k: d[k] for k in ("images", "manifest", "extensions", "max_pixels", "max_file_mb")}
+    return {k: d[k] for k in ("images", "manifest", "extensions", "max_pixels", "max_file_mb", "validate")}
 
 
 def stage_load(spark: SparkSession, cfg: Config) -> dict:
@@ -138,12 +146,16 @@ def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
     featurizer = make_featurizer(cfg)
     featurizer.resolveWeights()
     spec = featurizer.spec()
+    engine = featurizer.resolveEngine(gpu=gpu_tasks(spark))
+    # The engine and precision change features in the last digits (bf16: more), draft changes pixels: all
+    # three are part of what the features are.
     fp = provenance.fingerprint("featurize", load["fingerprint"], spec.name, featurizer.getWeightsChecksum(),
-                                featurizer.getMaxPixels())
+                                featurizer.getMaxPixels(), engine, featurizer.getPrecision(), featurizer.getDraft())
     marker = provenance.marker("featurize", fp, model=spec.name, weights_sha256=featurizer.getWeightsChecksum())
     started = time.time()
     images, parts = featurize_tasks(spark, cfg, images)
-    log.info("featurize: %s, batch %d, %d tasks", spec.name, cfg["featurize"]["batch_size"], parts)
+    log.info("featurize: %s on %s (%s%s), batch %d, %d tasks", spec.name, engine, featurizer.getPrecision(),
+             ", draft decode" if featurizer.getDraft() else "", cfg["featurize"]["batch_size"], parts)
     featurized = featurizer.copy({featurizer.errorCol: FEATURIZE_ERROR}).transform(images)
     # Counted while written (no second pass over the features): rows, and images the network could not use.
     counts = Observation("featurize")
@@ -158,26 +170,80 @@ def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
     featurizer_tmp = saved[0]
     seconds = time.time() - started
     n, missing = counts.get["images"], counts.get["failed"]
-    if missing:
+    try:
+        if missing == n:
+            raise RuntimeError(f"featurize: none of the {n} images could be decoded, e.g. {counts.get['example']}")
+        if missing:
+            features_tmp = _without_unusable(spark, lay, featurizer, features_tmp, marker)
+        _sync_rejected(spark, lay, featurizer if missing else None, features_tmp)
+    except BaseException:
         for tmp in (features_tmp, featurizer_tmp):
             storage.delete(tmp)
-        raise RuntimeError(f"featurize: {missing} of {n} images could not be featurized, e.g. {counts.get['example']} "
-                           "(the load accepted them: were they changed, or is data.max_pixels larger now?)")
+        raise
     storage.replace_with(features_tmp, lay.features)
     storage.replace_with(featurizer_tmp, lay.featurizer)
     summary = {
         "model": spec.name,
         "weights_sha256": featurizer.getWeightsChecksum(),
         "feature_dim": spec.feature_dim,
-        "images": n,
+        "engine": engine,
+        "precision": featurizer.getPrecision(),
+        "draft": featurizer.getDraft(),
+        "images": n - missing,
+        "rejected": missing,
         "seconds": seconds,
         "images_per_second": n / seconds if seconds else None,
         "fingerprint": fp,
         "inputs": {"load": load["fingerprint"]},
     }
     storage.write_json(lay.featurize, summary)
-    log.info("featurize: %d images in %.1f s", n, seconds)
+    log.info("featurize: %d images in %.1f s%s", n, seconds,
+             f"; {missing} could not be decoded (added to {lay.rejected_csv})" if missing else "")
     return summary
+
+
+# Reasons featurize adds to rejected.* start with this; a new featurize replaces the previous one's rows.
+FEATURIZE_REJECTED = "featurize: "
+
+
+def _without_unusable(spark: SparkSession, lay: RunLayout, featurizer: DeepImageFeaturizer, features_tmp: str,
+                      marker: dict) -> str:
+    """The staged features without the rows the featurizer could not decode (rewritten once, only when
+    some failed), after checking every class still has an image."""
+    written = spark.read.parquet(features_tmp)
+    classes = {r[LABEL] for r in written.select(LABEL).distinct().collect()}
+    kept = storage.staged_parquet(written.filter(F.col(FEATURES).isNotNull()), lay.features,
+                                  storage.VECTOR_PARQUET_OPTIONS, marker)
+    storage.delete(features_tmp)
+    empty = sorted(classes - {r[LABEL] for r in spark.read.parquet(kept).select(LABEL).distinct().collect()})
+    if empty:
+        storage.delete(kept)
+        raise RuntimeError(f"featurize: class(es) {', '.join(map(repr, empty))} have no image that decodes "
+                           f"(reasons: run with data.validate=full, or see the featurizer's errors)")
+    return kept
+
+
+def _sync_rejected(spark: SparkSession, lay: RunLayout, featurizer: DeepImageFeaturizer | None,
+                   features_tmp: str) -> None:
+    """``rejected.*`` = load's rows + this featurize's undecodable images with their reasons (a previous
+    featurize's rows replaced). Nothing to do, and nothing rewritten, when neither has any."""
+    rejected = spark.read.parquet(lay.rejected)
+    before = rejected.filter(F.col(REASON).startswith(FEATURIZE_REJECTED))
+    if featurizer is None and before.isEmpty():
+        return
+    rows = rejected.filter(~F.col(REASON).startswith(FEATURIZE_REJECTED))
+    if featurizer is not None:
+        # The failed images' reasons: the featurizer's decode again, on those images only (the network does
+        # not run on them: none decodes). Everything else was featurized once, in the big job.
+        ok = spark.read.parquet(features_tmp).select(IMAGE_ID)
+        failed = spark.read.parquet(lay.images).join(ok, IMAGE_ID, "left_anti")
+        reasons = featurizer.copy({featurizer.errorCol: FEATURIZE_ERROR}).transform(failed)
+        rows = rows.unionByName(reasons.select(
+            IMAGE_ID, PATH, LABEL, F.concat(F.lit(FEATURIZE_REJECTED),
+                                            F.coalesce(F.col(FEATURIZE_ERROR), F.lit("could not be featurized"))
+                                            ).alias(REASON)))
+    storage.write_parquet(rows, lay.rejected, marker=storage.read_marker(lay.rejected))
+    storage.write_csv(spark.read.parquet(lay.rejected).orderBy(IMAGE_ID), lay.rejected_csv)
 
 
 def stage_train(spark: SparkSession, cfg: Config) -> dict:
@@ -268,6 +334,7 @@ def stage_predict(spark: SparkSession, cfg: Config, model_dir: str, images_dir: 
     describe_jobs(spark, "predict")
     out = PredictionLayout(out_dir)
     model = pr.load_model(model_dir)
+    model.stages[0].setParams(**runtime_settings(cfg))  # any engine runs a model saved with another
     images, rejected, counts = pr.unlabelled_images(spark, images_dir, cfg["data"])
     predictions, unusable = pr.predict(model, images)
     storage.makedirs(out_dir)

@@ -159,6 +159,18 @@ def default_parallelism(spark) -> int:
     return _PARALLELISM[key]
 
 
+def gpu_tasks(spark) -> bool:
+    """Whether Spark assigns GPUs to tasks (``spark.task.resource.gpu.amount``): where ``auto`` runs TensorFlow."""
+    try:
+        amount = spark.conf.get("spark.task.resource.gpu.amount", None)
+    except Exception:  # noqa: BLE001 - a conf this session cannot read (some Connect servers): no GPU known
+        return False
+    try:
+        return float(amount or 0) > 0
+    except ValueError:
+        return False
+
+
 def num_partitions(df) -> int:
     """How many tasks a scan of ``df`` makes. Over Spark Connect: counted with a job that reads no column."""
     if not is_remote(df.sparkSession):

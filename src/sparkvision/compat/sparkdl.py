@@ -89,6 +89,7 @@ def readImagesWithRejects(imageDirectory: str, numPartition: int | None = None) 
     ``path, reason`` for the files that could not be used."""
     spark = _spark()
     data = config.defaults()["data"]
+    data["validate"] = "full"  # every struct is a full decode: an undecodable file is a rejected row here
     found, rejected, counts = predict.unlabelled_images(spark, imageDirectory, data)
     images = found.select(F.col("path").alias("filePath"), _to_image_struct_udf()("path", "content").alias("image"))
     if numPartition:

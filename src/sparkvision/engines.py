@@ -1,0 +1,395 @@
+"""Inference engines for the featurizer's network: TensorFlow, ONNX Runtime or OpenVINO, fp32 or bf16.
+
+The network is always built in Keras from the registry (TensorFlow stays the modelling framework). For
+ONNX Runtime and OpenVINO it is exported once per (model, weights sha256, engine) beside the weights
+cache, ``<cache>/engines/<model>-<sha256[:16]>/<engine>/`` (or the user's cache where that is
+read-only, as in the Docker image, which ships the default model's exports), with a ``manifest.json`` holding the
+sha256 of every exported file; a process that finds a complete, unchanged export loads that ready
+graph instead of importing TensorFlow and rebuilding the Keras model. The export itself runs in a
+short-lived subprocess (``python -m sparkvision.engines export ...``) under a file lock, so the
+converter's memory and TensorFlow's threads never stay in a Spark worker, and two workers on one
+machine export once.
+
+* ``tensorflow``: the frozen TF graph of :func:`sparkvision.network.inference_function`, built in
+  the worker (the reference; also the engine on a GPU).
+* ``onnxruntime``: that graph converted by tf2onnx (uint8 pixels in, the preprocessing inside).
+* ``openvino``: OpenVINO IR converted from the same ONNX file; ``precision="bf16"`` asks OpenVINO
+  for bf16 inference on CPUs with bf16 instructions (AVX512-BF16 or AMX).
+
+``auto`` picks, on CPU, the first installed of :data:`AUTO_ORDER` (the order the benchmark measured,
+fastest first), and TensorFlow where Spark assigned the task a GPU. Features of the fp32 engines equal
+TensorFlow's within 1e-4 (tests); bf16's within cosine 0.999.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("tensorflow", "onnxruntime", "openvino")
+AUTO = "auto"
+PRECISIONS = ("fp32", "bf16")
+# Fastest first on CPU, as `python -m bench featurize` measured it (README's performance section).
+AUTO_ORDER = ("openvino", "onnxruntime", "tensorflow")
+# Python packages each engine needs in the process that runs it (the export also needs tf2onnx + onnx).
+PACKAGES = {"tensorflow": ("tensorflow",), "onnxruntime": ("onnxruntime",), "openvino": ("openvino",)}
+EXPORT_PACKAGES = ("tensorflow", "tf2onnx", "onnx")
+EXPORT_FORMAT = 1  # bump when the exported graph changes (inputs, opset, preprocessing inside)
+ONNX_OPSET = 17
+INPUT_NAME = "pixels"
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+class EngineError(ValueError):
+    """An engine or precision that cannot run here, or an export that failed; says which and why."""
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def installed() -> list[str]:
+    """Engines whose packages this Python has (ONNX-based ones also need the exporter's)."""
+    found = []
+    for engine in ENGINES:
+        needs = PACKAGES[engine] + (EXPORT_PACKAGES if engine != "tensorflow" else ())
+        if all(_has(m) for m in needs):
+            found.append(engine)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_supported() -> bool:
+    """Whether OpenVINO is installed and reports bf16 on this CPU (AVX512-BF16 or AMX)."""
+    if not _has("openvino"):
+        return False
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception as exc:  # noqa: BLE001 - a CPU plugin that cannot say: treat as unsupported
+        log.debug("OpenVINO could not report the CPU's capabilities: %s", exc)
+        return False
+
+
+def resolve(engine: str = AUTO, precision: str = "fp32", gpu: bool = False) -> str:
+    """The concrete engine for ``engine`` (``auto`` included) and ``precision`` here, or :class:`EngineError`."""
+    if precision not in PRECISIONS:
+        raise EngineError(f"featurize.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if engine != AUTO and engine not in ENGINES:
+        raise EngineError(f"featurize.engine: {engine!r} is not one of {AUTO}, {', '.join(ENGINES)}")
+    have = installed()
+    if precision == "bf16":
+        if engine not in (AUTO, "openvino"):
+            raise EngineError(f"featurize.precision bf16 runs on the openvino engine only, not {engine}")
+        if "openvino" not in have:
+            raise EngineError("featurize.precision bf16 needs the openvino engine: pip install 'sparkvision[engines]'")
+        if not bf16_supported():
+            raise EngineError("featurize.precision bf16 is not supported on this CPU (no AVX512-BF16 or AMX)")
+        return "openvino"
+    if engine == AUTO:
+        if gpu and "tensorflow" in have:
+            return "tensorflow"
+        for candidate in AUTO_ORDER:
+            if candidate in have:
+                return candidate
+        raise EngineError("no inference engine installed: install tensorflow (and for speed onnxruntime or openvino)")
+    if engine not in have:
+        missing = [m for m in PACKAGES[engine] + (EXPORT_PACKAGES if engine != "tensorflow" else ()) if not _has(m)]
+        raise EngineError(f"featurize.engine {engine}: not installed here (missing {', '.join(missing)}); "
+                          "pip install 'sparkvision[engines]'")
+    return engine
+
+
+# --- export ------------------------------------------------------------------------------------------
+
+def export_roots(cache_dir: str | os.PathLike | None) -> list[Path]:
+    """Where exports are looked for, in order, and made in the first writable one: beside the weights
+    cache (``<cache>/engines``), then the user's cache, then the temp folder (a read-only image cache)."""
+    from .models.weights import default_cache_dir
+
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sparkvision" / "engines"
+    roots = [Path(cache_dir or default_cache_dir()) / "engines", user,
+             Path(tempfile.gettempdir()) / f"sparkvision-engines-{os.getuid()}"]
+    return list(dict.fromkeys(roots))
+
+
+def export_dir(spec_name: str, sha256: str, engine: str, root: str | os.PathLike) -> Path:
+    return Path(root) / f"{spec_name}-{sha256[:16]}" / engine
+
+
+def _writable(root: Path) -> bool:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(root, os.W_OK | os.X_OK)
+
+
+def _artifact(engine: str) -> str:
+    return {"onnxruntime": "model.onnx", "openvino": "model.xml"}[engine]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest_ok(folder: Path, spec_name: str, sha256: str, engine: str) -> bool:
+    """A complete export of exactly this (model, weights, engine, format), every file unchanged."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if (manifest.get("model"), manifest.get("weights_sha256"), manifest.get("engine"), manifest.get("format")) != (
+            spec_name, sha256, engine, EXPORT_FORMAT):
+        return False
+    files = manifest.get("files") or {}
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != digest:
+            log.warning("engine export %s: %s changed since it was exported; exporting again", folder, name)
+            return False
+    return _artifact(engine) in files
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_export(spec_name: str, weights_path: str, sha256: str, engine: str,
+                  cache_dir: str | os.PathLike | None = None, in_process: bool = False) -> Path:
+    """The export folder of (model, weights, engine), exported now if missing or changed.
+
+    The export runs in a subprocess unless ``in_process``; either way under a file lock, so concurrent
+    workers on one machine export once and the others wait for it.
+    """
+    if engine not in ("onnxruntime", "openvino"):
+        raise EngineError(f"engine {engine} has no export")
+    roots = export_roots(cache_dir)
+    for root in roots:
+        folder = export_dir(spec_name, sha256, engine, root)
+        if _manifest_ok(folder, spec_name, sha256, engine):
+            return folder
+    root = next((r for r in roots if _writable(r)), None)
+    if root is None:
+        raise EngineError(f"cannot export {spec_name} for {engine}: none of {', '.join(map(str, roots))} is writable")
+    folder = export_dir(spec_name, sha256, engine, root)
+    try:
+        with _locked(folder):
+            if not _manifest_ok(folder, spec_name, sha256, engine):  # else another worker finished it meanwhile
+                if in_process:
+                    export(spec_name, weights_path, sha256, engine, root)
+                else:
+                    _export_subprocess(spec_name, weights_path, sha256, engine, root)
+    except OSError as exc:
+        raise EngineError(f"cannot export {spec_name} for {engine} into {folder}: {exc}") from exc
+    if not _manifest_ok(folder, spec_name, sha256, engine):
+        raise EngineError(f"export of {spec_name} for {engine} into {folder} did not complete")
+    return folder
+
+
+def _export_subprocess(spec_name: str, weights_path: str, sha256: str, engine: str, root: Path) -> None:
+    cmd = [sys.executable, "-m", "sparkvision.engines", "export", spec_name, weights_path, sha256, engine, str(root)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
+    log.info("exporting %s for %s (once per weights file)", spec_name, engine)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        raise EngineError(f"export of {spec_name} for {engine} failed (exit {done.returncode}):\n{tail}")
+
+
+def export(spec_name: str, weights_path: str, sha256: str, engine: str, root: str | os.PathLike) -> Path:
+    """Export into the engines folder ``root`` in this process (the subprocess's body): Keras model ->
+    frozen TF graph -> ONNX [-> OpenVINO IR]."""
+    from .models import registry
+    from .models.weights import file_digest
+
+    if file_digest(weights_path) != sha256:
+        raise EngineError(f"weights {weights_path} do not have sha256 {sha256}; not exported")
+    spec = registry.get(spec_name)
+    folder = export_dir(spec.name, sha256, engine, root)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{engine}-", dir=folder.parent))
+    try:
+        onnx_file = tmp / "model.onnx"
+        onnx_source = export_dir(spec.name, sha256, "onnxruntime", root)
+        if engine == "openvino" and _manifest_ok(onnx_source, spec.name, sha256, "onnxruntime"):
+            onnx_file = onnx_source / "model.onnx"  # the ONNX Runtime export is already here: convert that
+        else:
+            _to_onnx(spec, weights_path, onnx_file)
+        if engine == "openvino":
+            import openvino as ov
+
+            ov.save_model(ov.convert_model(str(onnx_file)), str(tmp / "model.xml"), compress_to_fp16=False)
+            if onnx_file.parent == tmp:
+                onnx_file.unlink()
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        manifest = {"model": spec.name, "weights_sha256": sha256, "engine": engine, "format": EXPORT_FORMAT,
+                    "input": INPUT_NAME, "input_size": spec.input_size, "feature_dim": spec.feature_dim,
+                    "versions": _versions(), "files": files}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _to_onnx(spec, weights_path: str, dest: Path) -> None:
+    """The registry's Keras model as the featurizer's frozen graph (uint8 in), converted by tf2onnx."""
+    import tensorflow as tf
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from .network import inference_function
+
+    graph = inference_function(spec, spec.build(weights_path)).graph
+    if spec.freeze_graph is False:  # inference_function left variables in: constants for the export
+        graph = convert_variables_to_constants_v2(graph)
+    graph_def = graph.graph.as_graph_def()
+    inputs = [t.name for t in graph.inputs if t.dtype == tf.uint8]
+    outputs = [t.name for t in graph.outputs]
+    model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs,
+                                              opset=ONNX_OPSET)
+    import onnx
+
+    model.graph.input[0].name, old = INPUT_NAME, model.graph.input[0].name
+    for node in model.graph.node:
+        node.input[:] = [INPUT_NAME if i == old else i for i in node.input]
+    onnx.save(model, str(dest))
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "openvino"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# --- running -----------------------------------------------------------------------------------------
+
+def build(spec, weights_path: str, engine: str, precision: str = "fp32", threads: int = 1,
+          cache_dir: str | os.PathLike | None = None, sha256: str | None = None) -> Predict:
+    """``predict(uint8 (n, size, size, 3) RGB) -> float32 (n, feature_dim)`` on a concrete ``engine``."""
+    from .models.weights import file_digest
+
+    if engine not in ENGINES:
+        raise EngineError(f"engine {engine!r} is not one of {', '.join(ENGINES)} (resolve 'auto' first)")
+    if precision != "fp32" and engine != "openvino":
+        raise EngineError(f"precision {precision} runs on the openvino engine only, not {engine}")
+    if engine == "tensorflow":
+        from .network import configure_tensorflow, inference_function
+
+        configure_tensorflow(threads)
+        return inference_function(spec, spec.build(weights_path))
+    sha256 = sha256 or file_digest(weights_path)
+    folder = ensure_export(spec.name, weights_path, sha256, engine, cache_dir)
+    if engine == "onnxruntime":
+        return _onnxruntime(folder / "model.onnx", threads)
+    return _openvino(folder / "model.xml", threads, precision)
+
+
+def _onnxruntime(path: Path, threads: int) -> Predict:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads <= 1:  # the calling thread only: no spinning pool competing with the other task's process
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(pixels, dtype=np.uint8)})[0]
+
+    return predict
+
+
+def _openvino(path: Path, threads: int, precision: str) -> Predict:
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": max(1, threads), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+              # Spark runs one worker per task core: pinning each to "its" cores would stack them on the same ones
+              "ENABLE_CPU_PINNING": False}
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+    output = compiled.outputs[0]
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        result = request.infer({0: np.ascontiguousarray(pixels, dtype=np.uint8)})
+        return np.array(result[output], dtype=np.float32, copy=True)  # the request reuses its buffer
+
+    return predict
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 6 and argv[0] == "export":
+        _, name, weights_path, sha256, engine, root = argv
+        logging.basicConfig(level=logging.WARNING)
+        export(name, weights_path, sha256, engine, root)
+        return 0
+    if len(argv) >= 2 and argv[0] == "prepare":  # e.g. at image build time: python -m sparkvision.engines prepare MODEL...
+        from .models import registry
+        from .models.weights import file_digest, resolve_weights
+
+        for name in argv[1:]:
+            spec = registry.get(name)
+            weights = str(resolve_weights(spec, None, None, None, allow_download=False))
+            for engine in (e for e in ("onnxruntime", "openvino") if e in installed()):
+                print(ensure_export(spec.name, weights, file_digest(weights), engine, in_process=True))
+        return 0
+    print("usage: python -m sparkvision.engines export MODEL WEIGHTS SHA256 ENGINE ROOT\n"
+          "       python -m sparkvision.engines prepare MODEL [MODEL...]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: setup setup-spark40 test-spark40 demo test test-slow test-all bench bench-smoke photos examples docker-test compose-demo local-cluster-start local-cluster-stop clean
+.PHONY: setup setup-spark40 test-spark40 demo test test-slow test-all bench bench-scale bench-smoke photos examples docker-test compose-demo local-cluster-start local-cluster-stop clean
 
 setup: $(VENV)/.installed
 
@@ -55,7 +55,11 @@ test-all: setup photos
 # Featurization speed, tuning cost and memory in one run (bench/README.md); writes bench/results/ and
 # README's table. bench-smoke: the same code paths on a few images (CI); its figures mean nothing.
 bench: setup
-	$(PY) -m bench featurize --readme
+	$(PY) -m bench featurize --models efficientnet_lite0,InceptionV3 --repeats 2 --readme
+
+# 50,000 generated images through load -> featurize -> train against 2,000: throughput and peak RSS.
+bench-scale: setup
+	$(PY) -m bench featurize --scale 50000 --readme
 
 bench-smoke: setup
 	$(PY) -m bench featurize --quick --out .cache/bench-smoke

@@ -124,6 +124,9 @@ def featurize(opts: argparse.Namespace) -> dict:
 # and that training still fits in memory.
 SCALE_GRID = {"reg_param": [0.1], "elastic_net_param": [0.0], "max_iter": [100]}
 SCALE_BASE = 2000
+# Training on 50,000 images holds ~33,000 x 1280 features: local mode's default 1 GB driver heap runs out
+# (in Spark ML's CrossValidator caches and in the local tuner's collect alike), so both sizes get 3 GB.
+SCALE_DRIVER_MEMORY = "3g"
 
 
 def scale(opts: argparse.Namespace) -> dict:
@@ -138,7 +141,7 @@ def scale(opts: argparse.Namespace) -> dict:
     images = os.path.join(work, "images")
     results: dict = {"machine": report.machine(opts.cores), "command": report.command(opts, parse(["featurize"])),
                      "settings": {"batch_size": batch, "cores": opts.cores, "quick": opts.quick, "model": model,
-                                  "grid": SCALE_GRID}, "runs": []}
+                                  "grid": SCALE_GRID, "driver_memory": SCALE_DRIVER_MEMORY}, "runs": []}
     for n in (base, big):
         log(f"generating {n} images under {images}")
         started = time.time()
@@ -147,7 +150,8 @@ def scale(opts: argparse.Namespace) -> dict:
         log(f"{model}: load -> featurize -> train on {n} images")
         run = run_workload("pipeline", {"cores": opts.cores, "batch_size": batch, "repeats": 1, "work": work,
                                         "model": model, "images": folder, "label": f"scale{n}",
-                                        "grid": SCALE_GRID, "repeat_fit": False})
+                                        "grid": SCALE_GRID, "repeat_fit": False,
+                                        "driver_memory": SCALE_DRIVER_MEMORY})
         run["throughput_ips"] = run["images"] / (run["load_s"] + run["featurize_s"])
         run["featurize_ips"] = run["images"] / run["featurize_s"]
         results["runs"].append({"model": registry.get(model).name, "n": n, **run})

@@ -146,6 +146,21 @@ def _f(value: float, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+def _peak(run: dict) -> str:
+    """A workload's peak process-tree RSS with the JVM's part, GiB: ``4.40 (1.76)``."""
+    rss = run.get("peak_rss")
+    if not rss:
+        return "-"
+    return f"{_f(rss['bytes'] / GIB, 2)} ({_f(rss['by_kind'].get('jvm', 0) / GIB, 2)})"
+
+
+def _rss(run: dict) -> str:
+    """Two cells: the peak RSS of the tree, and the JVM's / the Python workers' part of it (GiB)."""
+    kinds = run["peak_rss"]["by_kind"]
+    return (f"{_f(run['peak_rss']['bytes'] / GIB, 2)} "
+            f"| {_f(kinds.get('jvm', 0) / GIB, 2)} / {_f(kinds.get('python_worker', 0) / GIB, 2)}")
+
+
 def _header(results: dict, extra: str = "") -> str:
     m, s = results["machine"], results["settings"]
     bf16 = "AMX" if m.get("amx_bf16") else ("AVX512-BF16, no AMX" if m.get("avx512_bf16") else "no bf16 instructions")
@@ -190,11 +205,12 @@ def markdown(results: dict) -> str:
         "*TF* with `featurize.engine: tensorflow` (the stage as it was), *auto* the default (the engine it chose "
         "in brackets), cold (fresh Python workers) and warm; *end to end*: load + featurize from the files on warm "
         "workers; *structs*: the featurizer fed the same images as decoded Spark image structs (sparkdl's "
-        "`readImages`) from Parquet.",
+        "`readImages`) from Parquet. Peak RSS of each run's process tree in GiB, the JVM's part in brackets (the "
+        "auto run includes the structs pass, whose driver gets a 3 GB heap).",
         "",
         "| model | images | TF cold | TF warm | auto cold | auto warm | auto / TF | auto / best (a) | auto / best (b) "
-        "| end to end | end to end / featurize | structs | bf16 warm |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| end to end | end to end / featurize | structs | bf16 warm | peak RSS TF run | peak RSS auto run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["throughput"]:
         tf, au, lim = row["spark_tf"], row["spark_auto"], row["limits"]
@@ -206,7 +222,8 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {row['model']} | {au['images']} {row['dataset']} | {_f(tf['cold_ips'])} | {_f(tf['warm_ips'])} "
             f"| {_f(au['cold_ips'])} | {_f(au['warm_ips'])} ({au['engine']}) | {_f(au['warm_ips'] / tf['warm_ips'], 2)} "
-            f"| {_f(au['warm_ips'] / a, 2)} | {_f(au['warm_ips'] / b, 2)} | {e2e} | {structs} | {bf16} |")
+            f"| {_f(au['warm_ips'] / a, 2)} | {_f(au['warm_ips'] / b, 2)} | {e2e} | {structs} | {bf16} "
+            f"| {_peak(tf)} | {_peak(au)} |")
     lines += [
         "",
         f"Pipeline on generated images (4 classes): load -> featurize once -> one LogisticRegression fit, and a "
@@ -219,11 +236,8 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in results["pipeline"]:
-        kinds = run["peak_rss"]["by_kind"]
         lines.append(
-            f"| {run['model']} | {run['images']} ({run['size']}) | {run.get('engine', '-')} "
-            f"| {_f(run['peak_rss']['bytes'] / GIB, 2)} "
-            f"| {_f(kinds.get('jvm', 0) / GIB, 2)} / {_f(kinds.get('python_worker', 0) / GIB, 2)} "
+            f"| {run['model']} | {run['images']} ({run['size']}) | {run.get('engine', '-')} | {_rss(run)} "
             f"| {_f(run['load_s'])} | {_f(run['featurize_s'])} | {_f(min(run['single_fit_s']))} | {_f(run['grid_s'])} "
             f"({run['grid_points']} x {run['folds']} folds) | {_f(grid_ratio(run), 2)} | {_f(run['test_accuracy'], 3)} |")
     lines += [""] + _acceptance_lines(results["acceptance"])
@@ -235,19 +249,19 @@ def scale_markdown(results: dict) -> str:
         _header(results),
         "",
         "Scale: load -> featurize -> train (one grid point, k-fold CV, refit) on generated 640x480 JPEGs, each size "
-        "in a fresh process; throughput = images / (load s + featurize s). Peak RSS: the whole process tree.",
+        f"in a fresh process with a {results['settings'].get('driver_memory', '1g')} driver heap (training on "
+        "50,000 images' features runs out of local mode's default 1 GB); throughput = images / (load s + featurize "
+        "s). Peak RSS: the whole process tree.",
         "",
         "| model | images | engine | load s | featurize s | images/s (load + featurize) | featurize images/s "
         "| train s | peak RSS GiB | of which JVM / Python workers | test accuracy |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"]:
-        kinds = run["peak_rss"]["by_kind"]
         lines.append(
             f"| {run['model']} | {run['images']:,} | {run.get('engine', '-')} | {_f(run['load_s'])} "
             f"| {_f(run['featurize_s'])} | {_f(run['throughput_ips'])} | {_f(run['featurize_ips'])} "
-            f"| {_f(run['grid_s'])} | {_f(run['peak_rss']['bytes'] / GIB, 2)} "
-            f"| {_f(kinds.get('jvm', 0) / GIB, 2)} / {_f(kinds.get('python_worker', 0) / GIB, 2)} "
+            f"| {_f(run['grid_s'])} | {_rss(run)} "
             f"| {_f(run['test_accuracy'], 3)} |")
     lines += [""] + _acceptance_lines(results["acceptance"])
     return "\n".join(lines) + "\n"

@@ -197,7 +197,7 @@ def pipeline_workload(args: dict) -> dict:
     from sparkvision import loader, pipeline, train
     from sparkvision.split import TEST, TRAIN, stratified_split
 
-    spark = _spark(args)
+    spark = _spark(args, {"spark.driver.memory": args["driver_memory"]} if args.get("driver_memory") else None)
     cfg = _config(args, os.path.join(args["work"], "pipeline-out", f"{args['model']}-{args['label']}"))
     cfg["train"].update(args["grid"])
     load_s, loaded = _timed(pipeline.stage_load, spark, cfg)

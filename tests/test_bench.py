@@ -120,7 +120,7 @@ def test_markdown_table_and_readme_block(tmp_path):
     table = report.markdown(results)
     assert "| efficientnet_lite0 | 224 | offline | 320 generated | 2.00 | openvino/fp32 | 150.0 | 120.0 |" in table
     assert ("| efficientnet_lite0 | 320 generated | 30.0 | 80.0 | 40.0 | 125.0 (openvino) | 1.56 | 0.83 | 1.04 "
-            "| 100.0 | 0.83 | 70.0 | - |") in table
+            "| 100.0 | 0.83 | 70.0 | - | - | - |") in table
     assert "`python -m bench featurize`" in table and "**fail**" in table
     readme = tmp_path / "README.md"
     start, end = report.FEATURIZE_MARKERS

@@ -201,3 +201,13 @@ def test_draft_decodes_large_jpegs_reduced_and_small_ones_unchanged(tmp_path):
     # with a centre crop (the registry's crop_fraction) too
     np.testing.assert_allclose(imglib.decode_for_model(big_bytes, 224, 0.875, draft=True).mean(),
                                imglib.decode_for_model(big_bytes, 224, 0.875).mean(), atol=2.0)
+
+
+def test_a_connect_client_without_the_engines_leaves_the_check_to_the_workers(monkeypatch, caplog):
+    monkeypatch.setattr(engines, "installed", lambda: [])
+    f = DeepImageFeaturizer(engine="openvino")
+    with pytest.raises(engines.EngineError, match="featurize.engine openvino: not installed"):
+        f.resolveEngine()
+    assert f.resolveEngine(strict=False) == "openvino"
+    assert "the workers will" in caplog.text
+    assert DeepImageFeaturizer().resolveEngine(strict=False) == "auto"

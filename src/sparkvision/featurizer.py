@@ -41,6 +41,7 @@ from .models import registry
 from .models.weights import file_digest, resolve_weights
 from .network import (WeightsChecksumError, WorkerModelKey, configure, decode_rows, featurize_arrays,
                       load_worker_model)
+from .spark import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,19 @@ class DeepImageFeaturizer(Transformer, _FeaturizerParams, DefaultParamsReadable,
         self._set(weightsChecksum=digest)
         return str(path)
 
-    def resolveEngine(self, gpu: bool = False) -> str:
+    def resolveEngine(self, gpu: bool = False, strict: bool = True) -> str:
         """The engine ``engine`` means in this Python (``auto`` resolved), or :class:`engines.EngineError`.
 
-        Workers resolve ``auto`` again for themselves (TensorFlow where Spark assigned the task a GPU)."""
-        return engines.resolve(self.getEngine(), self.getPrecision(), gpu)
+        Workers resolve ``auto`` again for themselves (TensorFlow where Spark assigned the task a GPU).
+        ``strict=False`` (a Spark Connect client, whose Python need not have the workers' packages): the
+        requested name when this Python cannot tell, and the workers raise if they cannot run it either."""
+        try:
+            return engines.resolve(self.getEngine(), self.getPrecision(), gpu)
+        except engines.EngineError as exc:
+            if strict:
+                raise
+            log.warning("featurizer: cannot check engine %s here (%s); the workers will", self.getEngine(), exc)
+            return self.getEngine()
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         in_col = self.getInputCol()
@@ -191,7 +200,9 @@ class DeepImageFeaturizer(Transformer, _FeaturizerParams, DefaultParamsReadable,
                 f"image struct (height, width, nChannels, mode, data), got {dtype.simpleString()}"
             )
         self.resolveWeights()
-        self.resolveEngine()  # a clear error here, not in every task, when the engine cannot run
+        # A clear error here, not in every task, when the engine cannot run (over Spark Connect this client's
+        # Python is not the workers': there the workers decide).
+        self.resolveEngine(strict=not is_remote(dataset.sparkSession))
         key = WorkerModelKey.of(self.spec().name, self.getWeightsPath(), self.getCacheDir(), self.getMirrorUrl(),
                                 self.getAllowDownload(), self.getWeightsChecksum(), self.getEngine(),
                                 self.getPrecision())

@@ -122,7 +122,8 @@ class PredictionLayout:
 STAGES = [
     ("sparkvision load", "`--images` / `--manifest`",
      "`images.parquet`, `rejected.parquet`, `rejected.csv`, `load.json`, `config.yaml`"),
-    ("sparkvision featurize", "`images.parquet`", "`features.parquet` (computed once), `featurizer/`, `featurize.json`"),
+    ("sparkvision featurize", "`images.parquet`", "`features.parquet` (computed once), `featurizer/`, `featurize.json`; "
+     "images that do not decode join `rejected.parquet`, `rejected.csv`"),
     ("sparkvision train", "`features.parquet`, `featurizer/`",
      "`split.parquet`, `model/` (featurizer + classifier + labels), `train.json`"),
     ("sparkvision evaluate", "`model/`, `features.parquet`, `split.parquet`",

@@ -24,7 +24,7 @@ from .columns import (CONTENT, FEATURE_COLUMNS, FEATURES, FEATURIZE_ERROR, IMAGE
 from .config import Config, dump
 from .featurizer import DeepImageFeaturizer
 from .layout import EvaluationLayout, PredictionLayout, RunLayout
-from .spark import default_parallelism, describe_jobs, gpu_tasks, num_partitions
+from .spark import default_parallelism, describe_jobs, gpu_tasks, is_remote, num_partitions
 from .split import TEST, TRAIN, split_report, stratified_split
 from .train import assemble, classify_features, tune
 
@@ -146,7 +146,7 @@ def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
     featurizer = make_featurizer(cfg)
     featurizer.resolveWeights()
     spec = featurizer.spec()
-    engine = featurizer.resolveEngine(gpu=gpu_tasks(spark))
+    engine = featurizer.resolveEngine(gpu=gpu_tasks(spark), strict=not is_remote(spark))
     # The engine and precision change features in the last digits (bf16: more), draft changes pixels: all
     # three are part of what the features are.
     fp = provenance.fingerprint("featurize", load["fingerprint"], spec.name, featurizer.getWeightsChecksum(),
@@ -226,10 +226,12 @@ def _without_unusable(spark: SparkSession, lay: RunLayout, featurizer: DeepImage
 def _sync_rejected(spark: SparkSession, lay: RunLayout, featurizer: DeepImageFeaturizer | None,
                    features_tmp: str) -> None:
     """``rejected.*`` = load's rows + this featurize's undecodable images with their reasons (a previous
-    featurize's rows replaced). Nothing to do, and nothing rewritten, when neither has any."""
+    featurize's rows replaced). Nothing to do, and nothing read or rewritten, when neither has any (the
+    previous featurize's record says how many it added; without a record, the table is looked at)."""
+    previous = storage.read_json(lay.featurize) if storage.exists(lay.featurize) else {}
     rejected = spark.read.parquet(lay.rejected)
-    before = rejected.filter(F.col(REASON).startswith(FEATURIZE_REJECTED))
-    if featurizer is None and before.isEmpty():
+    if featurizer is None and (previous.get("rejected") == 0 or (
+            "rejected" not in previous and rejected.filter(F.col(REASON).startswith(FEATURIZE_REJECTED)).isEmpty())):
         return
     rows = rejected.filter(~F.col(REASON).startswith(FEATURIZE_REJECTED))
     if featurizer is not None:

@@ -12,7 +12,10 @@ from .network import QUIET_ENV
 # Batches are bounded by rows *and* bytes: encoded images are large, decoded ones ~10x larger. Spark's
 # own row counts (4,096 per Parquet read batch, 10,000 per Arrow batch) are meant for narrow rows: at
 # 1 MB a row they exhaust a 1 GB heap. The featurizer regroups rows into full network batches anyway.
+# Cached feature rows (10 KB at 1280 wide) likewise: Spark builds a cache batch of 10,000 rows at once,
+# and two such batches exhausted a 1 GB heap while training on 50,000 images; 1,024 rows keep it ~10 MB.
 SESSION_DEFAULTS = {
+    "spark.sql.inMemoryColumnarStorage.batchSize": "1024",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "64",
     "spark.sql.execution.arrow.maxBytesPerBatch": "64m",

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 LABEL = LABEL_INDEX
 ROWS_PER_PARTITION = 20_000
+CACHE_BYTES_PER_PARTITION = 64 * 2**20
 
 
 @dataclass
@@ -90,16 +91,18 @@ def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningRe
     grid = param_grid(lr, train_cfg)
     data = assign_folds(train_features.select(IMAGE_ID, LABEL_NAME, LABEL, FEATURES), train_cfg["folds"],
                         train_cfg["seed"])
-    # LR runs one Spark job per iteration: for small data, task overhead dominates, so use few partitions.
+    # LR runs one Spark job per iteration: for small data, task overhead dominates, so use few partitions;
+    # but no partition's cached features over CACHE_BYTES_PER_PARTITION (two 25,000-row partitions of
+    # 1280-wide features exhausted a 1 GB heap while being cached).
     parallel = default_parallelism(data.sparkSession)
     rows = data.count()
-    data = data.coalesce(max(1, min(parallel, math.ceil(rows / ROWS_PER_PARTITION)))).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
+    dim = len(data.select(FEATURES).first()[FEATURES]) if rows else 0
+    parts = max(min(parallel, math.ceil(rows / ROWS_PER_PARTITION)),
+                math.ceil(rows * dim * 8 / CACHE_BYTES_PER_PARTITION))
+    data = data.coalesce(max(1, parts)).persist(StorageLevel.MEMORY_AND_DISK)
     min_class = min(r["count"] for r in data.groupBy(LABEL).count().collect())
     if min_class < train_cfg["folds"]:
         log.warning("smallest class has %d training rows, fewer than %d folds", min_class, train_cfg["folds"])
-    dim = len(data.first()[FEATURES])
     engine = train_cfg["tuning"]
     if engine == "auto":
         engine = "local" if local_fits(rows, dim, train_cfg, is_remote(data.sparkSession)) else "spark"
@@ -151,11 +154,14 @@ def _tune_local(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):
     from .logistic import LogisticModel
 
     # In image_id order: the solver's sums then do not depend on how the rows were partitioned.
+    # Through Arrow into NumPy (not Row objects: a Python float per feature is ~6 times the bytes).
     collected = (data.select(IMAGE_ID, vector_to_array(FEATURES, "float32").alias("x"), LABEL, FOLD)
-                 .orderBy(IMAGE_ID).collect())
-    x = np.array([r["x"] for r in collected], dtype=np.float32)
-    y = np.array([int(r[LABEL]) for r in collected], dtype=np.int64)
-    fold = np.array([r[FOLD] for r in collected], dtype=np.int64)
+                 .orderBy(IMAGE_ID).toPandas())
+    x = (np.stack(collected["x"].to_numpy()).astype(np.float32, copy=False) if len(collected)
+         else np.zeros((0, 0), np.float32))
+    y = collected[LABEL].to_numpy(dtype=np.int64)
+    fold = collected[FOLD].to_numpy(dtype=np.int64)
+    del collected
     points = [_point(params) for params in grid]
     folds, metric, standardize = train_cfg["folds"], train_cfg["metric"], train_cfg["standardization"]
 

@@ -1,6 +1,7 @@
-"""The network in one process, without Spark: weights found and verified, the Keras model built once
-and run as one TensorFlow graph from uint8 RGB pixels to features, with the one decode path of
-:mod:`sparkvision.images`.
+"""The network in one process, without Spark: weights found and verified, the network loaded once on
+its engine (:mod:`sparkvision.engines`: a graph exported once per machine for ONNX Runtime / OpenVINO,
+or the Keras model run as one TensorFlow graph) from uint8 RGB pixels to features, with the one decode
+path of :mod:`sparkvision.images`.
 
 The Spark featurizer's UDF (:mod:`sparkvision.featurizer`) and the MLflow pyfunc model
 (:mod:`sparkvision.image_model`, :mod:`sparkvision.pyfunc_model`) both call these functions, so a model served without Spark computes the

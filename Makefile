@@ -63,6 +63,7 @@ bench-scale: setup
 
 bench-smoke: setup
 	$(PY) -m bench featurize --quick --out .cache/bench-smoke
+	$(PY) -m bench featurize --quick --scale 60 --out .cache/bench-smoke
 
 # Both original sparkdl recipes on sparkvision (examples/); the football one needs ../shared.
 examples: setup

@@ -76,6 +76,11 @@ class TreeSample:
     peak_by_kind: dict = field(default_factory=dict)
     peak_processes: int = 0
     samples: int = 0
+    series: list = field(default_factory=list)  # (time.time(), total bytes) per sample
+
+    def peak_between(self, start: float, end: float) -> int:
+        """The peak total RSS sampled in ``[start, end]`` (wall-clock seconds, as ``time.time()``)."""
+        return max((b for t, b in self.series if start <= t <= end), default=0)
 
 
 def sample_tree(root: int, stop: threading.Event, interval: float, out: TreeSample) -> None:
@@ -93,6 +98,7 @@ def sample_tree(root: int, stop: threading.Event, interval: float, out: TreeSamp
             count += 1
             kinds[kind] = kinds.get(kind, 0) + rss
         out.samples += 1
+        out.series.append((time.time(), total))
         if total > out.peak_bytes:
             out.peak_bytes, out.peak_by_kind, out.peak_processes = total, kinds, count
         stop.wait(interval)
@@ -133,5 +139,9 @@ def run_workload(kind: str, args: dict, timeout: float = 3600, interval: float =
         "samples": tree.samples,
         "interval_s": interval,
     }
+    # A workload that reports its phases' wall-clock spans ("phases": {name: [start, end]}) gets each one's peak.
+    phases = result.get("phases") or {}
+    if phases:
+        result["peak_rss"]["by_phase"] = {name: tree.peak_between(*span) for name, span in phases.items()}
     result["wall_s"] = time.time() - started
     return result

@@ -248,21 +248,25 @@ def scale_markdown(results: dict) -> str:
     lines = [
         _header(results),
         "",
-        "Scale: load -> featurize -> train (one grid point, k-fold CV, refit) on generated 640x480 JPEGs, each size "
-        f"in a fresh process with a {results['settings'].get('driver_memory', '1g')} driver heap (training on "
-        "50,000 images' features runs out of local mode's default 1 GB); throughput = images / (load s + featurize "
-        "s). Peak RSS: the whole process tree.",
+        "Scale: `sparkvision run`'s stages (load -> featurize -> train: one grid point, k-fold CV, refit -> "
+        "evaluate) on generated 640x480 JPEGs, each size in a fresh process with the project's own Spark "
+        "settings (local mode's 1 GB driver heap); throughput = images / (load s + featurize s). Peak RSS: the "
+        "whole process tree, and each stage's own peak (load / featurize / train / evaluate).",
         "",
         "| model | images | engine | load s | featurize s | images/s (load + featurize) | featurize images/s "
-        "| train s | peak RSS GiB | of which JVM / Python workers | test accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| train s (tuning) | evaluate s | peak RSS GiB | of which JVM / Python workers | peak by stage GiB "
+        "| test accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"]:
+        by_phase = run["peak_rss"].get("by_phase", {})
+        stages = " / ".join(f"{by_phase[k] / GIB:.2f}" for k in ("load", "featurize", "train", "evaluate")
+                            if k in by_phase) or "-"
         lines.append(
             f"| {run['model']} | {run['images']:,} | {run.get('engine', '-')} | {_f(run['load_s'])} "
             f"| {_f(run['featurize_s'])} | {_f(run['throughput_ips'])} | {_f(run['featurize_ips'])} "
-            f"| {_f(run['grid_s'])} | {_rss(run)} "
-            f"| {_f(run['test_accuracy'], 3)} |")
+            f"| {_f(run['train_s'])} ({run.get('tuning_engine', '-')}) | {_f(run['evaluate_s'])} | {_rss(run)} "
+            f"| {stages} | {_f(run['test_accuracy'], 3)} |")
     lines += [""] + _acceptance_lines(results["acceptance"])
     return "\n".join(lines) + "\n"
 

@@ -230,7 +230,30 @@ def pipeline_workload(args: dict) -> dict:
             "folds": cfg["train"]["folds"], "best_params": tuned.best_params, "test_accuracy": accuracy}
 
 
-WORKLOADS = {"engines": engines_workload, "spark": spark_workload, "pipeline": pipeline_workload}
+def stages_workload(args: dict) -> dict:
+    """``sparkvision run``'s stages as a user runs them (load, featurize, train, evaluate), each timed, with its
+    wall-clock span for the per-stage peak RSS; Spark's settings are the project's own (local mode's heap)."""
+    from sparkvision import pipeline
+
+    spark = _spark(args)
+    cfg = _config(args, os.path.join(args["work"], "stages-out", f"{args['model']}-{args['label']}"))
+    cfg["train"].update(args["grid"])
+    phases, results = {}, {}
+    for name, stage in (("load", pipeline.stage_load), ("featurize", pipeline.stage_featurize),
+                        ("train", pipeline.stage_train), ("evaluate", pipeline.stage_evaluate)):
+        started = time.time()
+        results[name] = stage(spark, cfg)
+        phases[name] = [started, time.time()]
+    spark.stop()
+    seconds = {f"{name}_s": end - start for name, (start, end) in phases.items()}
+    return {"images": results["load"]["accepted"], "rejected": results["load"]["rejected"], **seconds,
+            "engine": results["featurize"]["engine"], "tuning_engine": results["train"]["tuning"]["engine"],
+            "train_rows": sum(per_class["train"] for per_class in results["train"]["split"].values()),
+            "test_accuracy": results["evaluate"]["accuracy"], "phases": phases}
+
+
+WORKLOADS = {"engines": engines_workload, "spark": spark_workload, "pipeline": pipeline_workload,
+             "stages": stages_workload}
 
 
 def main(argv: list[str]) -> None:

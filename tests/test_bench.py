@@ -114,6 +114,29 @@ def test_scale_acceptance():
     assert [c["ok"] for c in bad] == [False, False, False]
 
 
+def test_scale_table_shows_each_stage_and_its_peak():
+    from bench.procs import TreeSample
+
+    tree = TreeSample(series=[(10.0, 1 * 2**30), (11.0, 3 * 2**30), (12.0, 2 * 2**30), (13.0, 5 * 2**30)])
+    assert tree.peak_between(10.0, 12.5) == 3 * 2**30 and tree.peak_between(12.5, 14.0) == 5 * 2**30
+    assert tree.peak_between(20.0, 21.0) == 0
+
+    def run(n):
+        by_phase = {"load": 1.0 * 2**30, "featurize": 3.5 * 2**30, "train": 2.0 * 2**30, "evaluate": 1.5 * 2**30}
+        return {"model": "efficientnet_lite0", "n": n, "images": n, "engine": "openvino", "load_s": 10.0,
+                "featurize_s": 40.0, "throughput_ips": n / 50.0, "featurize_ips": n / 40.0, "train_s": 20.0,
+                "tuning_engine": "spark" if n > 2000 else "local", "evaluate_s": 5.0, "test_accuracy": 1.0,
+                "peak_rss": {"bytes": 3.5 * 2**30, "by_kind": {"jvm": 1.5 * 2**30}, "by_phase": by_phase}}
+
+    results = {"machine": {"cpu": "x", "cpu_count": 2, "memory_gib": 23.5, "date": "today", "versions": {}},
+               "command": "python -m bench", "settings": {"batch_size": 32, "cores": 2, "quick": False},
+               "runs": [run(2000), run(50000)]}
+    results["acceptance"] = report.scale_acceptance(results)
+    table = report.scale_markdown(results)
+    assert "| efficientnet_lite0 | 50,000 | openvino | 10.0 | 40.0 | 1000.0 | 1250.0 | 20.0 (spark) | 5.0 |" in table
+    assert "| 1.00 / 3.50 / 2.00 / 1.50 | 1.000 |" in table
+
+
 def test_markdown_table_and_readme_block(tmp_path):
     results = _results()
     results["acceptance"] = report.acceptance(results)

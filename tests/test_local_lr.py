@@ -106,3 +106,22 @@ def test_auto_falls_back_to_crossvalidator_when_features_do_not_fit(spark):
     cfg = {**_cfg("auto"), "reg_param": [0.1], "max_iter": [5], "local_max_mb": 1}
     df = _frame(spark, np.repeat(x, 3000, axis=1), y)  # 30 x 18,000 doubles = 4.1 MB > 1 MB
     assert train.tune(df, 2, cfg).engine == "spark"
+
+
+def test_local_engine_is_bounded_by_the_drivers_heap(spark):
+    """The local engine collects the float32 matrix through the driver JVM: auto leaves it to CrossValidator
+    when the matrix is over heap / DRIVER_HEAP_SHARE, whatever train.local_max_mb allows."""
+    from sparkvision.spark import _size_bytes, driver_heap_bytes
+
+    cfg = {**_cfg("auto"), "local_max_mb": 512}
+    heap = 2**30
+    fits = (heap // train.DRIVER_HEAP_SHARE) // (1280 * 4)  # rows of 1280 float32 features within the share
+    assert train.local_fits(fits, 1280, cfg, remote=False, heap_bytes=heap)
+    assert not train.local_fits(fits + 1, 1280, cfg, remote=False, heap_bytes=heap)
+    assert train.local_fits(fits + 1, 1280, cfg, remote=False, heap_bytes=3 * heap)  # a 3 GB driver takes it
+    assert not train.local_fits(60_000, 1280, cfg, remote=False, heap_bytes=8 * heap)  # local_max_mb still bounds
+    assert train.local_fits(6_000, 1280, cfg, remote=True, heap_bytes=None)  # 30 MB over Connect
+    assert not train.local_fits(14_000, 1280, cfg, remote=True, heap_bytes=None)  # over CONNECT_LOCAL_MAX_BYTES
+    # The session's own heap, from its JVM: local mode's default is 1 GB (less what the JVM keeps back).
+    assert 2**29 < driver_heap_bytes(spark) <= 2**30
+    assert [_size_bytes(v) for v in ("3g", "512m", "2048", "1.5g", "4GB")] == [3 * 2**30, 2**29, 2**31, None, 4 * 2**30]

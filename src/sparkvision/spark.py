@@ -162,6 +162,35 @@ def default_parallelism(spark) -> int:
     return _PARALLELISM[key]
 
 
+def driver_heap_bytes(spark) -> int | None:
+    """The driver JVM's maximum heap in bytes, where this process can know it: the JVM's own figure on a
+    classic session, else ``spark.driver.memory`` (local mode's launcher default, 1 GB, where unset and the
+    master is local); ``None`` over Spark Connect without the setting (the server's heap is not visible)."""
+    if not is_remote(spark):
+        try:
+            return int(spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())
+        except Exception:  # noqa: BLE001 - a gateway without the call: fall back to the setting
+            pass
+    try:
+        value = spark.conf.get("spark.driver.memory", None)
+    except Exception:  # noqa: BLE001 - a conf this session cannot read (some Connect servers)
+        value = None
+    if value:
+        return _size_bytes(value)
+    return None if is_remote(spark) else 1 << 30
+
+
+_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size_bytes(value: str) -> int | None:
+    """Spark's memory sizes: ``512m``, ``3g``, ``1.5g`` is refused by Spark (and here), a bare number is MiB."""
+    text = str(value).strip().lower().removesuffix("b")
+    unit = _UNITS.get(text[-1:], None)
+    number = text[:-1] if unit else text
+    return int(number) * (unit or _UNITS["m"]) if number.isdigit() else None
+
+
 def gpu_tasks(spark) -> bool:
     """Whether Spark assigns GPUs to tasks (``spark.task.resource.gpu.amount``): where ``auto`` runs TensorFlow."""
     try:

@@ -33,7 +33,7 @@ from . import local_lr
 from .columns import FEATURES, FOLD, IMAGE_ID, LABEL_INDEX, PREDICTED_LABEL, PREDICTION
 from .columns import LABEL as LABEL_NAME
 from .featurizer import DeepImageFeaturizer
-from .spark import default_parallelism, is_remote
+from .spark import default_parallelism, driver_heap_bytes, is_remote
 from .split import assign_folds
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningRe
         log.warning("smallest class has %d training rows, fewer than %d folds", min_class, train_cfg["folds"])
     engine = train_cfg["tuning"]
     if engine == "auto":
-        engine = "local" if local_fits(rows, dim, train_cfg, is_remote(data.sparkSession)) else "spark"
+        spark = data.sparkSession
+        engine = "local" if local_fits(rows, dim, train_cfg, is_remote(spark), driver_heap_bytes(spark)) else "spark"
     log.info("tuning %d grid points x %d folds on %d training rows (%s)", len(grid), train_cfg["folds"], rows, engine)
     tuned = (_tune_local if engine == "local" else _tune_spark)(lr, grid, data, n_classes, train_cfg)
     data.unpersist()
@@ -134,12 +135,23 @@ def _tune_spark(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):
 # the server bounds (spark.connect.grpc.maxInboundMessageSize, 128 MB by default); above this the grid is
 # tuned by CrossValidator instead. Classic Spark broadcasts a large function itself.
 CONNECT_LOCAL_MAX_BYTES = 64 * 2**20
+# The local engine collects the training matrix (float32) through the driver JVM, which holds it several
+# times over on the way (task results fetched, then deserialised, then served as Arrow batches): with local
+# mode's default 1 GB heap, 33,000 x 1280 (170 MB) ran out of memory and 26,000 x 1280 (133 MB) did not.
+# Above heap / DRIVER_HEAP_SHARE the grid is tuned by CrossValidator, which streams cached partitions.
+DRIVER_HEAP_SHARE = 8
 
 
-def local_fits(rows: int, dim: int, train_cfg: dict, remote: bool) -> bool:
-    """Whether the in-process engine may take training features of ``rows x dim``."""
+def local_fits(rows: int, dim: int, train_cfg: dict, remote: bool, heap_bytes: int | None = None) -> bool:
+    """Whether the in-process engine may take training features of ``rows x dim``: within
+    ``train.local_max_mb`` (counted as float64), within :data:`CONNECT_LOCAL_MAX_BYTES` over Spark Connect,
+    and with the float32 matrix within ``heap_bytes / DRIVER_HEAP_SHARE`` of the driver's heap where known."""
     size = rows * dim * 8
-    return size <= train_cfg["local_max_mb"] * 2**20 and (not remote or size // 2 <= CONNECT_LOCAL_MAX_BYTES)
+    if size > train_cfg["local_max_mb"] * 2**20:
+        return False
+    if remote:
+        return size // 2 <= CONNECT_LOCAL_MAX_BYTES
+    return heap_bytes is None or size // 2 <= heap_bytes // DRIVER_HEAP_SHARE
 
 
 def _tune_local(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):

@@ -146,3 +146,7 @@ def imageStructToPIL(imageRow):
     return imglib.from_image_struct(imageRow["height"], imageRow["width"], imageRow["nChannels"], imageRow["mode"],
                                     imageRow["data"])
 
+
+
+# ---- issue 16: predictor / Keras and TF transformers re-exports ----------------------------------------
+from .predictor import DECODED_SCHEMA, DeepImagePredictor  # noqa: E402

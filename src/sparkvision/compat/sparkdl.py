@@ -146,3 +146,10 @@ def imageStructToPIL(imageRow):
     return imglib.from_image_struct(imageRow["height"], imageRow["width"], imageRow["nChannels"], imageRow["mode"],
                                     imageRow["data"])
 
+
+
+# ---- issue 16: predictor / Keras and TF transformers re-exports ----------------------------------------
+from .predictor import DECODED_SCHEMA, DeepImagePredictor  # noqa: E402
+from .keras_transformers import KerasImageFileTransformer, KerasTransformer  # noqa: E402
+from .keras_udf import registerKerasImageUDF  # noqa: E402
+from .tf_transformers import TFImageTransformer, TFInputGraph, TFTransformer  # noqa: E402

@@ -355,3 +355,39 @@ def test_tf_input_graph_refuses_tf1_constructors():
     for name in ("fromGraph", "fromGraphDef", "fromCheckpoint", "fromCheckpointWithSignature"):
         with pytest.raises(NotImplementedError, match="TensorFlow 2"):
             getattr(sparkdl.TFInputGraph, name)(None, None, None)
+
+
+def _tar(members) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            elif kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+def test_shipped_saved_model_archive_unpacks_files_and_refuses_escapes(tmp_path):
+    from sparkvision.compat._shipped import _extract
+
+    good = tmp_path / "good"
+    _extract(_tar([("variables", b"", "dir"), ("variables/v.index", b"abc", "file"), ("saved_model.pb", b"pb", "file")]),
+             str(good), "m")
+    assert (good / "variables" / "v.index").read_bytes() == b"abc" and (good / "saved_model.pb").read_bytes() == b"pb"
+    for bad, why in [([("../escape.pb", b"x", "file")], "leaves its folder"),
+                     ([("/abs.pb", b"x", "file")], "leaves its folder"),
+                     ([("link", b"", "symlink")], "not a file or folder")]:
+        with pytest.raises(ValueError, match=why) as info:
+            _extract(_tar(bad), str(tmp_path / "bad"), "my-model")
+        assert "my-model" in str(info.value) and bad[0][0] in str(info.value)
+    assert not (tmp_path / "escape.pb").exists()

@@ -97,9 +97,29 @@ class ShippedModel:
 
         folder = tempfile.mkdtemp(prefix="sparkvision-savedmodel-")  # kept while loaded: assets may be read later
         atexit.register(shutil.rmtree, folder, True)
-        with tarfile.open(fileobj=io.BytesIO(self.data)) as tar:
-            tar.extractall(folder, filter="data")
+        _extract(self.data, folder, self.origin)
         try:
             return tf.saved_model.load(folder)
         except Exception as exc:
             raise ValueError(f"cannot load the SavedModel {self.origin}: {exc}") from exc
+
+
+def _extract(data: bytes, folder: str, origin: str) -> None:
+    """Unpack a tar made by :meth:`ShippedModel.saved_model`: folders and regular files under ``folder`` only.
+
+    Checked here rather than with ``extractall(filter="data")``, which Python 3.11 gained only in 3.11.4
+    (Debian bookworm ships 3.11.2)."""
+    root = os.path.realpath(folder)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            target = os.path.realpath(os.path.join(root, member.name))
+            if os.path.isabs(member.name) or os.path.commonpath([root, target]) != root:
+                raise ValueError(f"SavedModel archive of {origin}: member {member.name!r} leaves its folder")
+            if member.isdir():
+                os.makedirs(target, exist_ok=True)
+            elif member.isfile():
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with tar.extractfile(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            else:
+                raise ValueError(f"SavedModel archive of {origin}: member {member.name!r} is not a file or folder")

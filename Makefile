@@ -47,7 +47,7 @@ test: setup photos
 	$(VENV)/bin/pytest -m "not slow"
 
 test-slow: setup photos
-	$(VENV)/bin/pytest -m slow
+	$(VENV)/bin/pytest -m slow --durations=12
 
 test-all: setup photos
 	$(VENV)/bin/pytest

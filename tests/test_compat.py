@@ -12,6 +12,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
 from sparkvision.compat import sparkdl
+from sparkvision.compat.image import ImageSchemaCompatWarning
 from sparkvision.compat.sparkdl import SparkdlCompatWarning
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,7 @@ def _run_example(name: str, monkeypatch, *argv) -> dict:
     monkeypatch.setattr(sys, "argv", [name, *argv])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SparkdlCompatWarning)
+        warnings.simplefilter("ignore", ImageSchemaCompatWarning)
         return runpy.run_path(str(ROOT / "examples" / name), run_name="__main__")
 
 
@@ -127,8 +129,10 @@ def test_digits_example_reports_honest_metrics(spark, tmp_path, monkeypatch, cap
 
     env = _run_example("digits_multiclass.py", monkeypatch, "--out", str(tmp_path))
     out = capsys.readouterr().out
-    for metric in ("f1:", "weightedPrecision:", "weightedRecall:", "accuracy:", "one-vs-rest ROC AUC"):
+    for metric in ("f1:", "weightedPrecision:", "weightedRecall:", "accuracy:", "one-vs-rest ROC AUC",
+                   "the original's AUC of one-hot labels"):
         assert metric in out
+    assert "ImageSchema.readImages" in (ROOT / "examples" / "digits_multiclass.py").read_text()
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
     y, proba, pred = env["y_true"], env["proba"], env["y_pred"]
     assert env["results"]["n"] == len(y) and len(y) + env["train"].count() == 500
@@ -136,3 +140,6 @@ def test_digits_example_reports_honest_metrics(spark, tmp_path, monkeypatch, cap
     assert len(np.unique(y)) == 10  # every class in the test rows, so one-vs-rest AUC is defined for each
     assert env["results"]["roc_auc_ovr"] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr"), abs=1e-9)
     assert env["results"]["accuracy"] > 0.5
+    one_hot = np.eye(10)
+    assert env["results"]["auc_of_one_hot_labels"] == pytest.approx(
+        roc_auc_score(one_hot[y], one_hot[pred], average="macro"), abs=1e-9)

@@ -136,11 +136,18 @@ images = readImages(sys.argv[2])
 featurizer = DeepImageFeaturizer(inputCol="image", outputCol="features", modelName="efficientnet_lite0")
 rows = featurizer.transform(images).select("filePath", "features").orderBy("filePath").collect()
 print("RESULT " + json.dumps([[r.filePath.rsplit("/", 2)[-2:], r.features.toArray().tolist()] for r in rows]))
+from sparkvision.compat.image import ImageSchema
+from sparkvision.compat.imageIO import PIL_decode, readImagesWithCustomFn
+structs = ImageSchema.readImages(sys.argv[2], recursive=True, sampleRatio=0.5, seed=3)
+custom = readImagesWithCustomFn(sys.argv[2] + "/7", PIL_decode)
+print("IMAGESCHEMA " + json.dumps([structs.selectExpr("count(*)", "sum(length(image.data))", "min(image.nChannels)").first()[:],
+                                   custom.selectExpr("count(*)", "sum(length(image.data))").first()[:]]))
 """
 
 
 def test_the_sparkdl_compat_layer_over_connect(connect_server, images):
-    """readImages + the sparkdl-style featurizer through Spark Connect give the classic features."""
+    """readImages + the sparkdl-style featurizer, ImageSchema.readImages and readImagesWithCustomFn through Spark
+    Connect (a client without a JVM) give the classic results."""
     results = {}
     for mode in ("classic", connect_server):
         code = COMPAT if mode == "classic" else NO_JVM_CLIENT.split("from sparkvision.cli")[0] + COMPAT
@@ -149,6 +156,11 @@ def test_the_sparkdl_compat_layer_over_connect(connect_server, images):
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
         line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
         results[mode] = json.loads(line[len("RESULT "):])
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("IMAGESCHEMA "))
+        results[mode, "ImageSchema"] = json.loads(line[len("IMAGESCHEMA "):])
+    # ImageSchema.readImages (sampled) and readImagesWithCustomFn: the same structs over Connect
+    assert results["classic", "ImageSchema"] == results[connect_server, "ImageSchema"]
+    assert results["classic", "ImageSchema"][1][0] == 10 and 0 < results["classic", "ImageSchema"][0][0] < 30
     a, b = results["classic"], results[connect_server]
     assert [r[0] for r in a] == [r[0] for r in b] and len(a) == 30
     import numpy as np

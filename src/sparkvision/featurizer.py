@@ -41,7 +41,7 @@ from .models import registry
 from .models.weights import file_digest, resolve_weights
 from .network import (WeightsChecksumError, WorkerModelKey, configure, decode_rows, featurize_arrays,
                       load_worker_model)
-from .spark import is_remote
+from .spark import bound_arrow_batches, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,7 @@ class DeepImageFeaturizer(Transformer, _FeaturizerParams, DefaultParamsReadable,
                 f"image struct (height, width, nChannels, mode, data), got {dtype.simpleString()}"
             )
         self.resolveWeights()
+        bound_arrow_batches(dataset.sparkSession)
         # A clear error here, not in every task, when the engine cannot run (over Spark Connect this client's
         # Python is not the workers': there the workers decide).
         self.resolveEngine(strict=not is_remote(dataset.sparkSession))

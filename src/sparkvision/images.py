@@ -32,18 +32,27 @@ def _allow_pixels(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+def _is_deep_gray(mode: str) -> bool:
+    return mode.startswith("I;16") or mode in ("I", "F")
+
+
+def _deep_to_l(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer or float gray -> 8-bit ``L``, scaled (not truncated to its low byte)."""
+    mode = img.mode
+    arr = np.asarray(img, dtype=np.float64)
+    if mode == "F":
+        peak = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
+        scaled = arr / peak * 255.0
+    else:
+        scaled = arr / 257.0 if mode.startswith("I;16") or (arr.size and arr.max() > 255) else arr
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(scaled)), 0, 255).astype(np.uint8), "L")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB; high bit depths are scaled, transparency goes onto white."""
     mode = img.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if mode == "F":
-            peak = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
-            scaled = arr / peak * 255.0
-        else:
-            scaled = arr / 257.0 if mode.startswith("I;16") or (arr.size and arr.max() > 255) else arr
-        img = Image.fromarray(np.clip(np.rint(np.nan_to_num(scaled)), 0, 255).astype(np.uint8), "L")
-        mode = "L"
+    if _is_deep_gray(mode):
+        img, mode = _deep_to_l(img), "L"
     if mode == "P" and "transparency" in img.info:
         img, mode = img.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -205,6 +214,27 @@ def bgr_array_to_struct(arr: np.ndarray, origin: str = "") -> dict:
         raise ValueError(f"image struct: 1, 3 or 4 channels, got {channels}")
     return {"origin": origin, "height": arr.shape[0], "width": arr.shape[1], "nChannels": channels,
             "mode": OCV_TYPES[channels], "data": np.ascontiguousarray(arr).tobytes()}
+
+
+def decode_opencv_layout(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded bytes -> ``(height, width, channels)`` uint8 pixels laid out as Spark's ``image`` source lays
+    them out (``ImageSchema``): gray images 1 channel, images with transparency BGRA, the rest BGR, stored
+    as the file stores them (no EXIF rotation: Java's ImageIO, which Spark decodes with, reads none).
+
+    Unlike Spark's decoder, a truncated or corrupt file raises :class:`ImageRejected` (Spark returns
+    its pixels, partly grey), and 16-bit gray is scaled to 8 bits (Spark keeps the low byte)."""
+    with _reasons(max_pixels):
+        img = _open(data, max_pixels)
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        img.load()
+        mode = img.mode
+        if _is_deep_gray(mode):
+            return np.asarray(_deep_to_l(img))[:, :, None]
+        if mode in ("1", "L", "LA", "La"):  # Spark: a gray colour space is 1 channel, its alpha dropped
+            return np.asarray(img.getchannel(0) if mode in ("LA", "La") else img.convert("L"))[:, :, None]
+        if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in img.info):
+            return np.asarray(img.convert("RGBA"))[:, :, [2, 1, 0, 3]]
+        return np.asarray(img.convert("RGB"))[:, :, ::-1]
 
 
 def to_image_struct(img: Image.Image, origin: str = "") -> dict:

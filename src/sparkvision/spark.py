@@ -3,11 +3,14 @@ that the stages ask for (cores, partitions, job labels)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 from .network import QUIET_ENV
+
+log = logging.getLogger(__name__)
 
 # Batches are bounded by rows *and* bytes: encoded images are large, decoded ones ~10x larger. Spark's
 # own row counts (4,096 per Parquet read batch, 10,000 per Arrow batch) are meant for narrow rows: at
@@ -134,6 +137,22 @@ def _with_sql_settings(spark, conf: dict | None):
         if key.startswith("spark.sql."):
             spark.conf.set(key, value)
     return spark
+
+
+# Image rows through pandas UDFs need these two bounded (SESSION_DEFAULTS' values).
+IMAGE_ARROW_SETTINGS = ("spark.sql.execution.arrow.maxRecordsPerBatch", "spark.sql.execution.arrow.maxBytesPerBatch")
+
+
+def bound_arrow_batches(spark) -> None:
+    """Image-sized Arrow batches in a session sparkvision did not start (a notebook's ``spark``), unless that
+    session set its own: Spark's 10,000 rows a batch is gigabytes of decoded images in one piece."""
+    for key in IMAGE_ARROW_SETTINGS:
+        try:
+            if spark.conf.get(key, None) is None:
+                spark.conf.set(key, SESSION_DEFAULTS[key])
+                log.info("set %s=%s for image rows (this session had Spark's default)", key, SESSION_DEFAULTS[key])
+        except Exception:  # noqa: BLE001 - a conf this session cannot read or set (some Connect servers)
+            pass
 
 
 def spark_from_config(cfg, verbose: bool = False):

@@ -82,6 +82,10 @@ class ShippedModel:
         _LOADED[key] = model
         return model
 
+    def fresh(self):
+        """A new copy of the model, not the process' shared one (to train it)."""
+        return self._load()
+
     def _load(self):
         if self.kind == "keras":
             import keras

@@ -138,6 +138,18 @@ class _ImageFileParams(_KerasParams):
     def getErrorCol(self) -> str | None:
         return self.getOrDefault(self.errorCol) if self.isDefined(self.errorCol) else None
 
+    def _set_checked(self, kwargs: dict):
+        """``setParams``: the given (non-None) values, ``outputMode`` checked."""
+        mode = kwargs.get("outputMode")
+        if mode is not None and mode not in OUTPUT_MODES:
+            raise ValueError(f"{type(self).__name__}: outputMode {mode!r} is not one of {', '.join(OUTPUT_MODES)}")
+        return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def _check_saveable(self) -> None:
+        if self.isDefined(self.imageLoader) and callable(self.getOrDefault(self.imageLoader)):
+            raise ValueError(f"{type(self).__name__}: a Python function imageLoader cannot be saved; set imageLoader "
+                             "to its 'module:function' name (importable on the workers) to save it")
+
 
 def _warn(message: str) -> None:
     from .sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
@@ -170,6 +182,17 @@ def _fits(shape: tuple, expected: tuple) -> bool:
     return len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected))
 
 
+def load_input(fn, uri: str, input_shape: tuple, what: str) -> np.ndarray:
+    """``fn(uri)``, checked against the model's input shape (a leading batch dimension of 1 dropped, as
+    sparkdl allowed); a wrong shape is an :class:`ImageLoaderContractError` naming the URI."""
+    given = np.asarray(fn(uri))
+    arr = given[0] if given.ndim == len(input_shape) + 1 and given.shape[0] == 1 else given
+    if not _fits(arr.shape, input_shape):
+        raise ImageLoaderContractError(f"{what}: imageLoader returned an array of shape {given.shape} for {uri}; "
+                                       f"the model takes {input_shape} (optionally with a leading batch dimension of 1)")
+    return arr
+
+
 class KerasImageFileTransformer(Transformer, _ImageFileParams, DefaultParamsReadable, DefaultParamsWritable):
     """Apply a saved Keras model to images given by URI, each loaded and preprocessed by ``imageLoader``."""
 
@@ -182,15 +205,10 @@ class KerasImageFileTransformer(Transformer, _ImageFileParams, DefaultParamsRead
 
     @keyword_only
     def setParams(self, **kwargs):
-        mode = kwargs.get("outputMode")
-        if mode is not None and mode not in OUTPUT_MODES:
-            raise ValueError(f"KerasImageFileTransformer: outputMode {mode!r} is not one of {', '.join(OUTPUT_MODES)}")
-        return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+        return self._set_checked(kwargs)
 
     def write(self):
-        if self.isDefined(self.imageLoader) and callable(self.getOrDefault(self.imageLoader)):
-            raise ValueError("KerasImageFileTransformer: a Python function imageLoader cannot be saved; set "
-                             "imageLoader to its 'module:function' name (importable on the workers) to save the stage")
+        self._check_saveable()
         return super().write()
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
@@ -216,14 +234,6 @@ def _image_file_udf(shipped: ShippedModel, loader, input_shape: tuple, batch_siz
     output = FLOAT_IMAGE_SCHEMA if image else T.ArrayType(T.FloatType())
     schema = T.StructType([T.StructField("output", output), T.StructField("error", T.StringType())])
 
-    def load(fn, uri: str) -> np.ndarray:
-        given = np.asarray(fn(uri))
-        arr = given[0] if given.ndim == len(input_shape) + 1 and given.shape[0] == 1 else given  # sparkdl's: a batch of one
-        if not _fits(arr.shape, input_shape):
-            raise ImageLoaderContractError(f"KerasImageFileTransformer: imageLoader returned an array of shape {given.shape} for "
-                             f"{uri}; the model takes {input_shape} (optionally with a leading batch dimension of 1)")
-        return arr
-
     def as_output(uri: str, row: np.ndarray):
         if not image:
             return row.astype(np.float32).ravel()
@@ -247,7 +257,7 @@ def _image_file_udf(shipped: ShippedModel, loader, input_shape: tuple, batch_siz
                     errors[i] = "null URI"
                     continue
                 try:
-                    arrays.append(load(fn, uri))
+                    arrays.append(load_input(fn, uri, input_shape, "KerasImageFileTransformer"))
                 except ImageLoaderContractError:
                     raise  # a loader that returns the wrong shape is a bug: fail with its message
                 except Exception as exc:

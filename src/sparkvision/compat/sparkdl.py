@@ -22,27 +22,20 @@ import logging
 import warnings
 from typing import Iterator
 
-import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from .. import config, images as imglib, predict
 from ..featurizer import DeepImageFeaturizer as _Featurizer
 from ..models import registry
+from ..spark import bound_arrow_batches
+from .image import NULLABLE_COLUMN_SCHEMA, batched_structs
 
 log = logging.getLogger(__name__)
 
 SPARKDL_MODELS = ("InceptionV3", "Xception", "ResNet50", "VGG16", "VGG19")
-IMAGE_SCHEMA = T.StructType([
-    T.StructField("origin", T.StringType(), True),
-    T.StructField("height", T.IntegerType(), True),
-    T.StructField("width", T.IntegerType(), True),
-    T.StructField("nChannels", T.IntegerType(), True),
-    T.StructField("mode", T.IntegerType(), True),
-    T.StructField("data", T.BinaryType(), True),
-])
+IMAGE_SCHEMA = NULLABLE_COLUMN_SCHEMA  # Spark's image struct, as sparkdl's readImages gave it
 _DIFFERENCES = (
     "sparkvision.compat.sparkdl.DeepImageFeaturizer is not sparkdl's: its features are the model's "
     "global-average-pooled output ({dim} values for {model}), not sparkdl's flattened feature map "
@@ -59,27 +52,17 @@ def _spark() -> SparkSession:
     return SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
 
 
-# Decoded pixels are ~10x their JPEG: an Arrow batch of 256 decoded photos is hundreds of MB in the JVM.
-STRUCT_BATCH_BYTES = 32 * 2**20
-
-
 def _to_image_struct_udf():
     """The decoding UDF, made when called: a pandas UDF is a classic or a Spark Connect one depending on
     the session at the time it is made, and this module may be imported before either exists."""
 
+    def struct(path: str, data: bytes) -> dict:
+        return imglib.to_image_struct(imglib.decode_rgb(data), origin=path)
+
     @F.pandas_udf(IMAGE_SCHEMA)
     def to_image_struct(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        """Decode to image structs, yielding batches of at most ~STRUCT_BATCH_BYTES of pixels."""
         for paths, contents in batches:
-            rows, size = [], 0
-            for path, data in zip(paths, contents):
-                rows.append(imglib.to_image_struct(imglib.decode_rgb(data), origin=path))
-                size += len(rows[-1]["data"])
-                if size >= STRUCT_BATCH_BYTES:
-                    yield pd.DataFrame(rows, columns=IMAGE_SCHEMA.fieldNames())
-                    rows, size = [], 0
-            if rows:
-                yield pd.DataFrame(rows, columns=IMAGE_SCHEMA.fieldNames())
+            yield from batched_structs(struct, paths, contents)
 
     return to_image_struct
 
@@ -88,6 +71,7 @@ def readImagesWithRejects(imageDirectory: str, numPartition: int | None = None) 
     """``(images, rejected)``: ``filePath, image`` rows for every decodable image under the folder, and
     ``path, reason`` for the files that could not be used."""
     spark = _spark()
+    bound_arrow_batches(spark)
     data = config.defaults()["data"]
     data["validate"] = "full"  # every struct is a full decode: an undecodable file is a rejected row here
     found, rejected, counts = predict.unlabelled_images(spark, imageDirectory, data)
@@ -128,28 +112,11 @@ def DeepImageFeaturizer(inputCol: str = "image", outputCol: str = "features", mo
     return _Featurizer(inputCol=inputCol, outputCol=outputCol, modelName=spec.name, **kwargs)
 
 
-# ---- ImageSchema-style helpers (sparkdl.image.imageIO) -------------------------------------------------
-
-
-def imageStructToArray(imageRow) -> np.ndarray:
-    """Image struct -> ``(height, width, nChannels)`` uint8 array, in the struct's (BGR) channel order."""
-    return np.frombuffer(imageRow["data"], dtype=np.uint8).reshape(imageRow["height"], imageRow["width"], imageRow["nChannels"])
-
-
-def imageArrayToStruct(imgArray: np.ndarray, origin: str = "") -> dict:
-    """``(height, width, channels)`` uint8 array in BGR order -> image struct (a dict Spark accepts as a Row)."""
-    return imglib.bgr_array_to_struct(imgArray, origin)
-
-
-def imageStructToPIL(imageRow):
-    """Image struct -> RGB ``PIL.Image``."""
-    return imglib.from_image_struct(imageRow["height"], imageRow["width"], imageRow["nChannels"], imageRow["mode"],
-                                    imageRow["data"])
-
-
-
-# ---- issue 16: predictor / Keras and TF transformers re-exports ----------------------------------------
+# ---- the rest of sparkdl 1.5's public names -------------------------------------------------------------
+from .imageIO import (PIL_decode, PIL_decode_and_resize, createResizeImageUDF, imageArrayToStruct,  # noqa: E402
+                      imageStructToArray, imageStructToPIL, readImagesWithCustomFn)
 from .predictor import DECODED_SCHEMA, DeepImagePredictor  # noqa: E402
 from .keras_transformers import KerasImageFileTransformer, KerasTransformer  # noqa: E402
+from .keras_estimator import KerasImageFileEstimator  # noqa: E402
 from .keras_udf import registerKerasImageUDF  # noqa: E402
-from .tf_transformers import TFImageTransformer, TFInputGraph, TFTransformer  # noqa: E402
+from .tf_transformers import TFImageTransformer, TFInputGraph, TFTransformer, imageInputPlaceholder  # noqa: E402

@@ -47,6 +47,19 @@ _TF1 = ("TensorFlow 1 graphs and sessions do not exist in TensorFlow 2: save the
         "(tf.saved_model.save) and pass its folder, or pass a tf.function with an input_signature")
 
 
+IMAGE_INPUT_PLACEHOLDER_NAME = "sparkdl_image_input"
+
+
+def imageInputPlaceholder(nChannels: int | None = None):
+    """sparkdl's image placeholder, in TensorFlow 2's form: the ``tf.TensorSpec`` of a batch of float32 images
+    (``[None, None, None, nChannels]``, named ``sparkdl_image_input``), for a ``tf.function``'s
+    ``input_signature``. TensorFlow 2 has no placeholders; the function (or the SavedModel it is saved to) is
+    what :class:`TFImageTransformer` takes, with ``inputTensor="sparkdl_image_input"``."""
+    import tensorflow as tf
+
+    return tf.TensorSpec([None, None, None, nChannels], tf.float32, name=IMAGE_INPUT_PLACEHOLDER_NAME)
+
+
 def _warn(message: str) -> None:
     from .sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
 

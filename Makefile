@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: setup setup-spark40 test-spark40 demo test test-slow test-all bench bench-scale bench-smoke photos examples docker-test compose-demo local-cluster-start local-cluster-stop clean
+.PHONY: setup setup-spark40 test-spark40 demo test test-slow test-all bench bench-scale bench-stream bench-smoke photos examples docker-test compose-demo local-cluster-start local-cluster-stop clean
 
 setup: $(VENV)/.installed
 
@@ -61,9 +61,14 @@ bench: setup
 bench-scale: setup
 	$(PY) -m bench featurize --scale 50000 --readme
 
+# sparkvision stream: latency with a processing-time trigger, and a 10,000-file backlog against batch predict.
+bench-stream: setup
+	$(PY) -m bench.stream --readme
+
 bench-smoke: setup
 	$(PY) -m bench featurize --quick --out .cache/bench-smoke
 	$(PY) -m bench featurize --quick --scale 60 --out .cache/bench-smoke
+	$(PY) -m bench.stream --quick --out .cache/bench-smoke
 
 # Both original sparkdl recipes on sparkvision (examples/); the football one needs ../shared.
 examples: setup

@@ -15,7 +15,7 @@ TOKEN = "dapi" + "0123456789abcdef" * 2
 CLASSIC, SERVERLESS = ["dev", "prod"], ["dev-serverless", "prod-serverless"]
 TARGETS = CLASSIC + SERVERLESS
 DEV, PROD = ["dev", "dev-serverless"], ["prod", "prod-serverless"]
-JOBS = ("sparkvision_pipeline", "sparkvision_predict")
+JOBS = ("sparkvision_pipeline", "sparkvision_predict", "sparkvision_stream")
 CLUSTER_FIELDS = {"job_cluster_key", "new_cluster", "existing_cluster_id"}
 
 
@@ -77,7 +77,8 @@ def _jobs(cfg):
 @pytest.mark.parametrize("target", TARGETS)
 def test_bundle_is_valid(target, capsys):
     assert cli.main(["bundle", "validate", "--root", str(ROOT), "--target", target]) == 0
-    assert f"bundle valid for target {target}: sparkvision_pipeline (4 tasks), sparkvision_predict (1 tasks)" in capsys.readouterr().out
+    assert (f"bundle valid for target {target}: sparkvision_pipeline (4 tasks), sparkvision_predict (1 tasks), "
+            "sparkvision_stream (1 tasks)") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -176,6 +177,12 @@ def test_job_parameters(target):
     assert predict[:2] == ["--model", f"{out}/model"]
     assert predict[2:4] == ["--images", "/Volumes/main/sparkvision/data/new_images"]
     assert predict[4] == "--output" and predict[5].startswith(f"/Volumes/main/sparkvision/data/predictions/{target}")
+    stream = jobs["sparkvision_stream"]
+    assert stream["tasks"][0]["python_wheel_task"]["parameters"] == [
+        "--model", f"{out}/model", "--images", "/Volumes/main/sparkvision/data/incoming",
+        "--output", f"/Volumes/main/sparkvision/data/stream/{target}", "--trigger", "available-now"]
+    assert stream["trigger"]["file_arrival"]["url"] == "/Volumes/main/sparkvision/data/incoming/"
+    assert stream["trigger"]["pause_status"] == "PAUSED" and stream["max_concurrent_runs"] == 1
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -183,9 +190,10 @@ def test_every_path_derives_from_catalog_schema_and_volume(target):
     result = bundle.validate(ROOT, target, {"catalog": "x", "schema": "y", "volume": "z"})
     text = json.dumps(result["config"])
     assert "/Volumes/main" not in text and "sparkvision/data" not in text
-    for name in ("images", "output", "predict_images", "predictions"):
+    for name in ("images", "output", "predict_images", "predictions", "stream_images", "stream_output"):
         assert result["variables"][name].startswith("/Volumes/x/y/z/"), name
-    assert text.count("/Volumes/x/y/z/") == 8  # pipeline: images + 4 outputs; predict: model, images, output
+    # pipeline: images + 4 outputs; predict: model, images, output; stream: model, images, output, trigger url
+    assert text.count("/Volumes/x/y/z/") == 12
 
 
 def test_the_volume_is_a_prod_resource():

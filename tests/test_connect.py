@@ -124,6 +124,21 @@ def test_predict_over_connect_with_a_model_saved_classically(spark, connect_serv
     assert_approx_df_equality(probs[0], probs[1], 1e-6, ignore_row_order=True)
 
 
+def test_stream_over_connect_equals_batch_predict(spark, connect_server, classic, images, tmp_path):
+    """sparkvision stream through Spark Connect (foreachBatch runs in the server's Python), available-now."""
+    out = tmp_path / "stream"
+    _cli(["stream", "--remote", connect_server, "--model", str(classic / "model"), "--images", str(images),
+          "--output", str(out), "--trigger", "available-now"], connect=True)
+    streamed = spark.read.parquet(str(out / "predictions"))
+    assert streamed.count() == 30 and streamed.select("image_id").distinct().count() == 30
+    batch = tmp_path / "batch"
+    _cli(["predict", "--master", "local[2]", "--model", str(classic / "model"), "--images", str(images),
+          "--output", str(batch)])
+    expected = spark.read.parquet(str(batch / "predictions.parquet"))
+    cols = ["image_id", "predicted_label", F.posexplode("probability")]
+    assert_approx_df_equality(streamed.select(*cols), expected.select(*cols), 1e-6, ignore_row_order=True)
+
+
 COMPAT = """
 import json, sys
 import numpy as np

@@ -69,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "models:/NAME@champion (needs MLflow tracking)")
     p.add_argument("--images", required=True, help="folder of images (any depth)")
 
+    text = "classify images as they arrive in a folder (Structured Streaming, exactly once across restarts)"
+    p = sub.add_parser("stream", help=text, description=text)
+    _common(p, data=False, network=False)
+    p.add_argument("--model", required=True, help="trained model: a run's OUT/model folder, or models:/NAME@alias")
+    p.add_argument("--images", required=True, help="folder (or volume / bucket path) that images arrive in")
+    p.add_argument("--trigger", help="available-now (process what is there, then stop) or processing-time=30s "
+                   "(config stream.trigger)")
+    p.add_argument("--checkpoint", help="the query's checkpoint folder (config stream.checkpoint; default "
+                   "OUT/_stream/checkpoint)")
+    p.add_argument("--max-files-per-trigger", type=int, help="files per micro-batch at most (config "
+                   "stream.max_files_per_trigger)")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds (processing-time triggers run "
+                   "until stopped otherwise)")
+
     text = "make sure networks' weights are on this machine (download into the cache if allowed); print where"
     p = sub.add_parser("weights", help=text, description=text)
     p.add_argument("networks", nargs="+", help="network names, e.g. efficientnet_lite0 InceptionV3")
@@ -81,12 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 # flag -> config key; values are set as typed (strings), never re-parsed as YAML.
 FLAGS = {"output": "output.dir", "master": "spark.master", "remote": "spark.remote", "images": "data.images", "manifest": "data.manifest",
-         "network": "network.name", "weights": "network.weights", "register": "mlflow.registered_model"}
+         "network": "network.name", "weights": "network.weights", "register": "mlflow.registered_model",
+         "trigger": "stream.trigger", "checkpoint": "stream.checkpoint", "max_files_per_trigger": "stream.max_files_per_trigger"}
 
 
 def resolve_config(args: argparse.Namespace) -> config_mod.Config:
     values = {key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag, None) is not None}
-    if args.command == "predict":
+    if args.command in ("predict", "stream"):
         values.pop("data.images", None)  # predict's --images is its unlabelled input, not training data
     return config_mod.load(args.config, list(args.overrides), values)
 
@@ -156,6 +171,8 @@ def _pipeline(args: argparse.Namespace) -> int:
     if cfg["mlflow"]["registered_model"] and not tracked:
         raise config_mod.ConfigError("--register (mlflow.registered_model) needs MLflow tracking: set "
                                      "MLFLOW_TRACKING_URI or mlflow.tracking_uri")
+    if args.command == "stream":
+        return _stream(args, cfg, tracked)
     if args.command == "predict":
         if not args.output:
             raise config_mod.ConfigError("predict needs --output DIR (the predictions folder)")
@@ -191,6 +208,31 @@ def _pipeline(args: argparse.Namespace) -> int:
     if args.command in ("run", "evaluate"):
         lay = RunLayout(out)
         print(f"report: {lay.report}\nmetrics: {lay.metrics}")
+    return 0
+
+
+def _stream(args: argparse.Namespace, cfg: config_mod.Config, tracked: bool) -> int:
+    from . import pipeline, stream, tracking
+    from .spark import spark_from_config
+
+    if not args.output:
+        raise config_mod.ConfigError("stream needs --output DIR (its predictions and rejected tables)")
+    model, name = args.model, args.model
+    with pipeline.output_lock(args.output, "stream"):
+        spark = spark_from_config(cfg, args.verbose)
+        if tracking.is_model_uri(args.model):
+            if not tracked:
+                raise config_mod.ConfigError(f"--model {args.model}: a registered model needs MLflow tracking: set "
+                                             "MLFLOW_TRACKING_URI or mlflow.tracking_uri")
+            from .layout import PredictionLayout
+
+            model = PredictionLayout(args.output).model
+            source = tracking.fetch_model(cfg, args.model, model)
+            name = source.get("version") or args.model
+        summary = stream.run(spark, cfg, model, name, args.images, args.output, cfg["stream"]["trigger"],
+                             cfg["stream"]["checkpoint"], args.timeout, pipeline.runtime_settings(cfg))
+    print(f"stream: {summary['predicted']} images predicted, {summary['rejected']} rejected in "
+          f"{summary['batches']} micro-batches; tables {summary['predictions']} and {summary['rejected_table']}")
     return 0
 
 
@@ -236,6 +278,7 @@ featurize_main = _stage_entry("featurize")
 train_main = _stage_entry("train")
 evaluate_main = _stage_entry("evaluate")
 predict_main = _stage_entry("predict")
+stream_main = _stage_entry("stream")
 run_main = _stage_entry("run")
 
 

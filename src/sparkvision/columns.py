@@ -15,6 +15,11 @@ PROBABILITY = "probability"
 PREDICTED_LABEL = "predicted_label"
 CONFIDENCE = "confidence"
 FEATURIZE_ERROR = "featurize_error"  # why the featurizer could not use an image
+# sparkvision stream's tables
+ARRIVED = "arrived_at"           # the file's modification time, as the file source lists it
+PROCESSED = "processed_at"       # when its micro-batch ran
+BATCH_ID = "batch_id"            # the micro-batch (the tables' partition column)
+MODEL = "model"                  # the model that predicted it (a folder, or models:/NAME/VERSION)
 
 IMAGE_COLUMNS = [IMAGE_ID, PATH, LABEL, LABEL_INDEX, WIDTH, HEIGHT, CONTENT]
 REJECTED_COLUMNS = [IMAGE_ID, PATH, LABEL, REASON]

@@ -40,6 +40,16 @@ def _positive(v):
     return v > 0
 
 
+def _trigger(v):
+    from .stream import parse_trigger
+
+    try:
+        parse_trigger(v)
+    except ValueError:
+        return False
+    return True
+
+
 def _list_of(kind, check=None):
     return lambda v: all(isinstance(x, kind) and not isinstance(x, bool) and (check is None or check(x)) for x in v) and len(v) > 0
 
@@ -112,6 +122,17 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "registered_model": Field(None, str, nullable=True, rule="a model name (catalog.schema.model on Unity Catalog)"),
         # the new version also takes "champion" when its test accuracy beats the champion's on the same split
         "promote_champion": Field(False, bool),
+    },
+    # sparkvision stream (sparkvision.stream): a Structured Streaming query over a folder of arriving images
+    "stream": {
+        "trigger": Field("available-now", str, _trigger, "available-now or processing-time=<number>[ms|s|m]"),
+        "checkpoint": Field(None, str, nullable=True, rule="a folder (default OUT/_stream/checkpoint)"),
+        # auto: Auto Loader (cloudFiles) on a Databricks runtime, else Spark's binaryFile file source
+        "source": Field("auto", str, lambda v: v in ("auto", "binaryFile", "cloudFiles"),
+                        "one of auto, binaryFile, cloudFiles"),
+        "format": Field("parquet", str, lambda v: v in ("parquet", "delta"), "one of parquet, delta"),
+        "max_files_per_trigger": Field(1000, int, lambda v: v >= 0, "0 (no cap) or a positive integer"),
+        "max_bytes_per_trigger": Field(0, int, lambda v: v >= 0, "0 (no cap) or a positive number of bytes"),
     },
     "spark": {
         "master": Field(None, str, nullable=True, rule="a Spark master URL such as local[2]"),

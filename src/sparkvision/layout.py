@@ -118,6 +118,23 @@ class PredictionLayout:
     leftover_names = RunLayout.leftover_names
 
 
+@dataclass(frozen=True)
+class StreamLayout:
+    """What ``sparkvision stream --output OUT`` writes."""
+
+    out: str
+
+    predictions = _At("predictions")            # Parquet (or Delta), partitioned by batch_id
+    rejected = _At("rejected")
+    checkpoint = _At("_stream", "checkpoint")   # Spark's offsets and commits (unless --checkpoint)
+    commits = _At("_stream", "commits")         # N.json: batch N is in both tables
+    staging = _At("_stream", "staging")         # a batch's tables before they are swapped in
+    summary = _At("stream.json")                # the last run's settings and totals
+
+    def commit(self, batch_id: int) -> str:
+        return join(self.commits, f"{batch_id}.json")
+
+
 # README's stage table: (command, reads, writes); a test keeps README in step with it.
 STAGES = [
     ("sparkvision load", "`--images` / `--manifest`",
@@ -132,6 +149,8 @@ STAGES = [
     ("sparkvision predict", "`--model` (a folder or `models:/NAME@alias`), `--images`",
      "`predictions.parquet`, `predictions.csv`, `rejected.csv`, `predict.json`; `model/` when `--model` is registered"),
     ("sparkvision run", "all of the above", "all of the above; with no arguments, the built-in demo"),
+    ("sparkvision stream", "`--model`, `--images` (files as they arrive)",
+     "`predictions/`, `rejected/` (Parquet by `batch_id`), `_stream/` (checkpoint, batch commits), `stream.json`"),
     ("sparkvision run (MLflow tracking on)", "the files above", "also `mlflow.json`: the MLflow run's id, its "
      "logged models and registered version (`train` and `evaluate` too)"),
 ]

@@ -103,6 +103,15 @@ def listdir(uri: str) -> list[str]:
     return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path)))
 
 
+def size(uri: str) -> int | None:
+    """A file's size in bytes, or None when it is not there."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    return info.size if info.type == pafs.FileType.File else None
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     with fs.open_input_stream(path) as f:

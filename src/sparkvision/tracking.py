@@ -506,8 +506,20 @@ def fetch_model(cfg: Config, uri: str, dest: str) -> dict:
                         allow_download=False, expected_sha256=info["weights_sha256"])
         storage.delete(dest)
         _pipeline_of(info, cfg).write().overwrite().save(dest)
-    return {"uri": uri, "network": info["network"], "weights_sha256": info["weights_sha256"],
-            "classes": info["classes"]}
+    return {"uri": uri, "version": _version_of(mlflow, uri), "network": info["network"],
+            "weights_sha256": info["weights_sha256"], "classes": info["classes"]}
+
+
+def _version_of(mlflow, uri: str) -> str | None:
+    """``models:/NAME/N`` for a registered model's URI (an alias resolved now), else None."""
+    m = re.match(r"^models:/([^/@]+)(?:@(.+)|/(\d+))$", uri)
+    if not m:
+        return None
+    name, alias, number = m.groups()
+    if number:
+        return f"models:/{name}/{number}"
+    version = _by_alias(mlflow.MlflowClient(), name, alias)
+    return f"models:/{name}/{version.version}" if version is not None else None
 
 
 def _pipeline_of(info: dict, cfg: Config):

@@ -1,0 +1,142 @@
+"""sparkvision stream: files dropped in waves, a driver SIGKILLed mid-batch, every file exactly once."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from chispa import assert_approx_df_equality
+from pyspark.sql import functions as F
+
+from sparkvision import cli
+from sparkvision.stream import StreamLayout, parse_trigger
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def model_dir(spark, digits_small, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    assert cli.main(["run", "--images", str(digits_small), "--output", str(out), "--set", "train.reg_param=[0.1]",
+                     "--set", "train.elastic_net_param=[0.0]", "--set", "train.folds=2"]) == 0
+    return out / "model"
+
+
+def _drop(src: Path, dest: Path, data: bytes | None = None) -> Path:
+    """Write a file as a copy tool does: under a hidden name, then renamed (the file source never sees half)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    hidden = dest.with_name("." + dest.name + ".part")
+    hidden.write_bytes(src.read_bytes() if data is None else data)
+    os.replace(hidden, dest)
+    return dest
+
+
+def _tables(spark, out: Path):
+    lay = StreamLayout(str(out))
+    preds = spark.read.parquet(lay.predictions) if Path(lay.predictions).exists() else None
+    rejected = spark.read.parquet(lay.rejected) if Path(lay.rejected).exists() else None
+    return preds, rejected
+
+
+def _paths(df) -> list[str]:
+    return [] if df is None else [Path(r.path.replace("file:", "", 1)).name for r in df.select("path").collect()]
+
+
+def _exactly_once(spark, out: Path, dropped: list[Path]):
+    preds, rejected = _tables(spark, out)
+    seen = _paths(preds) + _paths(rejected)
+    assert sorted(seen) == sorted(p.name for p in dropped), "every dropped file exactly once"
+    return preds, rejected
+
+
+def test_triggers_parse_and_bad_ones_say_how():
+    assert parse_trigger("available-now") == {"availableNow": True}
+    assert parse_trigger("processing-time=30s") == {"processingTime": "30000 milliseconds"}
+    assert parse_trigger("processing-time=500ms") == {"processingTime": "500 milliseconds"}
+    with pytest.raises(ValueError, match="processing-time=<number>"):
+        parse_trigger("every 5 seconds")
+
+
+def test_three_waves_each_file_exactly_once_and_equal_to_batch_predict(spark, model_dir, digits_small, tmp_path):
+    drop, out = tmp_path / "drop", tmp_path / "out"
+    good = sorted(digits_small.rglob("*.png"))
+    truncated = good[0].read_bytes()[:200]
+    waves = [
+        [(good[0], "a/0.png", None), (good[11], "a/1.png", None), (good[22], "a/2.png", None),
+         (good[0], "a/notes.txt", b"not an image"), (good[0], "a/cut.png", truncated)],
+        [(good[1], "b/3.png", None), (good[12], "b/4.png", None), (good[0], "b/empty.png", b"")],
+        [(good[2], "c/deep/5.png", None), (good[23], "c/deep/6.png", None), (good[0], "c/deep/x.jpg", b"\xff\xd8junk")],
+    ]
+    dropped = []
+    for n, wave in enumerate(waves, 1):
+        dropped += [_drop(src, drop / name, data) for src, name, data in wave]
+        assert cli.main(["stream", "--model", str(model_dir), "--images", str(drop), "--output", str(out),
+                         "--trigger", "available-now"]) == 0
+        preds, rejected = _exactly_once(spark, out, dropped)
+        assert len(list((out / "_stream" / "commits").glob("*.json"))) == n  # one micro-batch a wave
+    reasons = {Path(r.path).name: r.reason for r in rejected.collect()}
+    assert set(reasons) == {"notes.txt", "cut.png", "empty.png", "x.jpg"}
+    assert "unsupported file extension" in reasons["notes.txt"] and "empty" in reasons["empty.png"]
+    assert "truncated" in reasons["cut.png"] or "corrupt" in reasons["cut.png"]
+    row = preds.orderBy("image_id").first()
+    assert row.model == str(model_dir) and row.arrived_at <= row.processed_at and row.image_id.startswith("a/")
+    assert set(preds.columns) >= {"image_id", "path", "predicted_label", "confidence", "probability", "model",
+                                  "arrived_at", "processed_at", "batch_id"}
+
+    batch = tmp_path / "batch"
+    assert cli.main(["predict", "--model", str(model_dir), "--images", str(drop), "--output", str(batch)]) == 0
+    expected = spark.read.parquet(str(batch / "predictions.parquet"))
+    cols = ["image_id", "predicted_label", F.posexplode("probability")]
+    assert_approx_df_equality(preds.select(*cols), expected.select(*cols), 1e-6, ignore_row_order=True)
+    summary = json.loads((out / "stream.json").read_text())
+    assert summary["predicted"] == 2 and summary["batches"] == 1  # this run's own: the third wave
+
+
+STREAM_CHILD = [sys.executable, "-m", "sparkvision.cli", "stream", "--master", "local[2]"]
+
+
+def test_driver_killed_mid_batch_restarts_from_its_checkpoint_exactly_once(spark, model_dir, digits_small, tmp_path):
+    drop, out = tmp_path / "drop", tmp_path / "out"
+    dropped = [_drop(src, drop / f"{i:02d}.png") for i, src in enumerate(sorted(digits_small.rglob("*.png"))[:14])]
+    dropped.append(_drop(dropped[0], drop / "bad.png", b"\x89PNG broken"))
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    proc = subprocess.Popen(STREAM_CHILD + ["--model", str(model_dir), "--images", str(drop), "--output", str(out),
+                                            "--trigger", "processing-time=1s", "--max-files-per-trigger", "2",
+                                            "--timeout", "300"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    staging, commits = out / "_stream" / "staging", out / "_stream" / "commits"
+    killed_in = None
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            started = {p.name.rsplit("-", 1)[1] for p in staging.glob("predictions-*")} if staging.exists() else set()
+            done = {p.stem for p in commits.glob("*.json")} if commits.exists() else set()
+            midway = sorted(started - done)
+            if midway and done:  # a batch is being written, after at least one was committed
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver, its JVM and the Python workers, at once
+                killed_in = int(midway[0])
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed_in is not None, "the driver was never caught inside a micro-batch: " + proc.stderr.read().decode()[-3000:]
+    assert not (commits / f"{killed_in}.json").exists()
+    before = {p.stem for p in commits.glob("*.json")}
+
+    assert cli.main(["stream", "--model", str(model_dir), "--images", str(drop), "--output", str(out),
+                     "--trigger", "available-now"]) == 0
+    preds, rejected = _exactly_once(spark, out, dropped)
+    assert before < {p.stem for p in commits.glob("*.json")} and (commits / f"{killed_in}.json").exists()
+    assert preds.select("image_id").distinct().count() == preds.count() == 14
+    assert _paths(rejected) == ["bad.png"]
+    assert not any(staging.iterdir()) if staging.exists() else True
+    leftovers = [p.name for t in ("predictions", "rejected") for p in (out / t).iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    assert not leftovers

@@ -131,6 +131,7 @@ def test_stream_over_connect_equals_batch_predict(spark, connect_server, classic
           "--output", str(out), "--trigger", "available-now"], connect=True)
     streamed = spark.read.parquet(str(out / "predictions"))
     assert streamed.count() == 30 and streamed.select("image_id").distinct().count() == 30
+    assert json.loads((out / "stream.json").read_text())["predicted"] == 30  # from the batches' commit records
     batch = tmp_path / "batch"
     _cli(["predict", "--master", "local[2]", "--model", str(classic / "model"), "--images", str(images),
           "--output", str(batch)])

@@ -166,7 +166,6 @@ class BatchSink:
         self.app_id = "sparkvision-" + hashlib.sha256(checkpoint.encode()).hexdigest()[:16]  # the same on restarts
         self.lay, self.cfg, self.runtime = StreamLayout(out), cfg, runtime
         self._model = None
-        self.totals = {"batches": 0, "skipped_batches": 0, "predicted": 0, "rejected": 0}
 
     def model(self):
         if self._model is None:
@@ -179,7 +178,6 @@ class BatchSink:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         if storage.exists(self.lay.commit(batch_id)):
             log.info("stream: batch %d was committed before a restart; skipped", batch_id)
-            self.totals["skipped_batches"] += 1
             return
         from .predict import predicted
 
@@ -217,9 +215,6 @@ class BatchSink:
         log.info("stream: batch %d: %d predicted, %d rejected in %.1f s (%.1f files/s); arrival-to-prediction lag "
                  "up to %.1f s", batch_id, counts["predicted"], counts["rejected"], seconds,
                  (counts["predicted"] + counts["rejected"]) / max(seconds, 1e-9), counts["max_lag_s"])
-        self.totals["batches"] += 1
-        for key in ("predicted", "rejected"):
-            self.totals[key] += counts[key]
 
     def _unread(self, batch: DataFrame, batch_id: int) -> DataFrame:
         """Rejected rows for the files the source listed in this batch but Spark did not read (zero bytes)."""
@@ -292,7 +287,7 @@ def run(spark: SparkSession, cfg: dict, model_dir: str, model_name: str, images:
         trigger: str, checkpoint: str | None = None, timeout: float | None = None, runtime: dict | None = None) -> dict:
     """Run the stream until it has processed what is there (``available-now``) or until ``timeout`` seconds /
     a stop (``processing-time``); returns the totals of this run (also in ``OUT/stream.json``)."""
-    lay = StreamLayout(out)
+    lay, started = StreamLayout(out), time.time()
     storage.makedirs(lay.commits)
     clean_leftovers(lay)
     checkpoint = checkpoint or lay.checkpoint
@@ -315,7 +310,12 @@ def run(spark: SparkSession, cfg: dict, model_dir: str, model_name: str, images:
     _log_progress(query, seen)
     if query.exception():
         raise RuntimeError(f"sparkvision stream: the query failed: {query.exception()}")
-    summary = {**sink.totals, "model": model_name, "images": images, "trigger": trigger,
+    # this run's batches, from their commit records (over Spark Connect the sink runs in the server's Python)
+    mine = [c for c in (storage.read_json(join(lay.commits, n)) for n in storage.listdir(lay.commits)
+                        if n.endswith(".json")) if c["committed_at"] >= started]
+    totals = {"batches": len(mine), "predicted": sum(c["predicted"] for c in mine),
+              "rejected": sum(c["rejected"] for c in mine)}
+    summary = {**totals, "model": model_name, "images": images, "trigger": trigger,
                "checkpoint": checkpoint, "predictions": lay.predictions, "rejected_table": lay.rejected}
     storage.write_json(lay.summary, summary)
     return summary

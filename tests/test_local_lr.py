@@ -101,6 +101,23 @@ def test_logistic_model_applies_like_spark(spark, n_classes, tmp_path):
     assert [r.prediction for r in b] == [r.prediction for r in a]
 
 
+def test_logistic_model_coefficients_are_one_folded_constant(spark):
+    """The coefficients reach Spark as one literal, parsed once by constant folding (not once per row), and
+    bit-exact: every double survives the JSON round trip."""
+    from sparkvision.logistic import LogisticModel
+
+    rng = np.random.default_rng(3)
+    coef, bias = rng.normal(size=(3, 1280)) * 1e-3, rng.normal(size=3)
+    x = rng.normal(size=(4, 1280))
+    df = _frame(spark, x, np.arange(4) % 3)
+    out = LogisticModel(coefficients=coef.tolist(), intercepts=bias.tolist(), multinomial=True).transform(df)
+    plan = out._jdf.queryExecution().optimizedPlan().toString().lower()
+    assert "from_json" not in plan and "jsontostructs" not in plan, plan[:2000]
+    raw = np.array([r.rawPrediction.toArray() for r in out.orderBy("image_id").collect()])
+    expect = np.array([[sum(a * b for a, b in zip(row, w)) + c for w, c in zip(coef, bias)] for row in x])
+    np.testing.assert_allclose(raw, expect, rtol=0, atol=1e-12)
+
+
 def test_auto_falls_back_to_crossvalidator_when_features_do_not_fit(spark):
     x, y = _blobs(2, n=30)
     cfg = {**_cfg("auto"), "reg_param": [0.1], "max_iter": [5], "local_max_mb": 1}

@@ -63,6 +63,26 @@ def test_triggers_parse_and_bad_ones_say_how():
         parse_trigger("every 5 seconds")
 
 
+def test_local_folders_are_listed_on_the_driver_object_stores_keep_the_listing_job(spark):
+    """Past 32 paths Spark lists a micro-batch's files in a job of one task per file (seconds a batch)."""
+    from sparkvision.stream import LISTING_THRESHOLD, _list_on_driver
+
+    before = spark.conf.get(LISTING_THRESHOLD)
+    cfg = {"source": "binaryFile", "max_files_per_trigger": 1000}
+    try:
+        spark.conf.set(LISTING_THRESHOLD, "32")
+        _list_on_driver(spark, "s3a://bucket/incoming", cfg)
+        _list_on_driver(spark, "/data/incoming", {**cfg, "source": "cloudFiles"})
+        assert spark.conf.get(LISTING_THRESHOLD) == "32"
+        _list_on_driver(spark, "/data/incoming", cfg)
+        assert int(spark.conf.get(LISTING_THRESHOLD)) >= 100_000
+        spark.conf.set(LISTING_THRESHOLD, "500000")  # never lowered
+        _list_on_driver(spark, "file:/data/incoming", cfg)
+        assert spark.conf.get(LISTING_THRESHOLD) == "500000"
+    finally:
+        spark.conf.set(LISTING_THRESHOLD, before)
+
+
 def test_three_waves_each_file_exactly_once_and_equal_to_batch_predict(spark, model_dir, digits_small, tmp_path):
     drop, out = tmp_path / "drop", tmp_path / "out"
     good = sorted(digits_small.rglob("*.png"))

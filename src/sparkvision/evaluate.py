@@ -140,11 +140,12 @@ def collect_predictions(predictions: DataFrame, label_col: str = LABEL_INDEX) ->
     return y, yhat, proba
 
 
-def predictions_table(predictions: DataFrame) -> DataFrame:
-    """``image_id, path, label, predicted_label, confidence, probability`` (probability as an array)."""
+def predictions_table(predictions: DataFrame, *extra: str) -> DataFrame:
+    """``image_id, path, label, predicted_label, confidence, probability`` (probability as an array), then
+    the ``extra`` columns."""
     proba = vector_to_array(PROBABILITY)
     return predictions.select(
-        IMAGE_ID, PATH, LABEL, PREDICTED_LABEL, F.array_max(proba).alias(CONFIDENCE), proba.alias(PROBABILITY),
+        IMAGE_ID, PATH, LABEL, PREDICTED_LABEL, F.array_max(proba).alias(CONFIDENCE), proba.alias(PROBABILITY), *extra,
     )
 
 

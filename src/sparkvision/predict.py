@@ -51,11 +51,13 @@ def predict(model: PipelineModel, images: DataFrame) -> tuple[DataFrame, DataFra
 
 
 @contextmanager
-def predicted(model: PipelineModel, images: DataFrame) -> Iterator[tuple[DataFrame, DataFrame]]:
-    """:func:`predict` whose cached network output is released when the block ends (a stream's micro-batch)."""
+def predicted(model: PipelineModel, images: DataFrame, carry: tuple[str, ...] = ()
+              ) -> Iterator[tuple[DataFrame, DataFrame]]:
+    """:func:`predict` whose cached network output is released when the block ends (a stream's micro-batch);
+    the ``carry`` columns of ``images`` are kept in both outputs."""
     featurized = _featurized(model, images)
     try:
-        yield _split(model, featurized)
+        yield _split(model, featurized, carry)
     finally:
         featurized.unpersist()
 
@@ -67,12 +69,13 @@ def _featurized(model: PipelineModel, images: DataFrame) -> DataFrame:
     return featurized.drop(CONTENT).persist(StorageLevel.MEMORY_AND_DISK)
 
 
-def _split(model: PipelineModel, featurized: DataFrame) -> tuple[DataFrame, DataFrame]:
+def _split(model: PipelineModel, featurized: DataFrame, carry: tuple[str, ...] = ()) -> tuple[DataFrame, DataFrame]:
     rest = PipelineModel(stages=model.stages[1:])
     ok = featurized.filter(F.col(FEATURIZE_ERROR).isNull())
     unusable = featurized.filter(F.col(FEATURIZE_ERROR).isNotNull()).select(
-        IMAGE_ID, PATH, LABEL, F.concat(F.lit("the model's featurizer cannot use it: "), F.col(FEATURIZE_ERROR)).alias(REASON))
-    return predictions_table(rest.transform(ok)).drop(LABEL), unusable
+        IMAGE_ID, PATH, LABEL, F.concat(F.lit("the model's featurizer cannot use it: "), F.col(FEATURIZE_ERROR)).alias(REASON),
+        *carry)
+    return predictions_table(rest.transform(ok), *carry).drop(LABEL), unusable
 
 
 def write_predictions(df: DataFrame, out: PredictionLayout) -> dict:

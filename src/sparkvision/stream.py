@@ -38,8 +38,7 @@ import re
 import time
 
 import pandas as pd
-from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -94,6 +93,7 @@ def read_stream(spark: SparkSession, images: str, stream_cfg: dict) -> DataFrame
     return reader.load(images)
 
 
+_CHECKED = "_check_reason"  # the check's verdict, carried through the featurizer to the rejected table
 _CHECK_SCHEMA = T.StructType([T.StructField(WIDTH, T.IntegerType()), T.StructField(HEIGHT, T.IntegerType()),
                               T.StructField(REASON, T.StringType())])
 
@@ -179,81 +179,71 @@ class BatchSink:
         if storage.exists(self.lay.commit(batch_id)):
             log.info("stream: batch %d was committed before a restart; skipped", batch_id)
             return
+        from .pipeline import featurize_partitions
         from .predict import predicted
 
         started = time.time()
-        # The check's verdicts are cached, the images' bytes are not: the usable files are read again for the
-        # network (a micro-batch is re-readable), so a batch's cache is a few bytes a file.
-        ids = image_id(F.col("path"), self.root).alias(IMAGE_ID)
-        checked = batch.select(
-            ids, F.col("path").alias(PATH), F.col("modificationTime").alias(ARRIVED),
-            _check_udf(self.cfg["data"])(F.col("path"), F.col("length"), F.col("content")).alias("_check"),
-        ).withColumn(PROCESSED, F.current_timestamp()).persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            ok = checked.filter(F.col("_check.reason").isNull()).select(
-                IMAGE_ID, F.col("_check.width").alias(WIDTH), F.col("_check.height").alias(HEIGHT))
-            usable = batch.select(ids, F.col("path").alias(PATH), F.col("content").alias(CONTENT)).join(
-                F.broadcast(ok), IMAGE_ID).select(
-                IMAGE_ID, PATH, F.lit(None).cast("string").alias(LABEL), F.lit(None).cast("int").alias(LABEL_INDEX),
-                WIDTH, HEIGHT, CONTENT)
-            # featurize tasks as `predict` makes them (two per core): the source's splits of ~30 files each would
-            # pay the per-task cost of the network's UDF thirty times a micro-batch
-            from .pipeline import featurize_partitions
-
-            usable = usable.coalesce(featurize_partitions(batch.sparkSession, self.cfg, max(1, ok.count())))
-            times = checked.select(IMAGE_ID, ARRIVED, PROCESSED)
-            with predicted(self.model(), usable) as (predictions, unusable):
-                predictions = predictions.join(times, IMAGE_ID).withColumn(MODEL, F.lit(self.model_name))
-                rejected = checked.filter(F.col("_check.reason").isNotNull()).select(
-                    IMAGE_ID, PATH, F.col("_check.reason").alias(REASON), ARRIVED, PROCESSED)
-                rejected = rejected.unionByName(unusable.select(IMAGE_ID, PATH, REASON).join(times, IMAGE_ID))
-                rejected = rejected.unionByName(self._unread(checked, batch_id))
-                counts = self._write(batch_id, predictions, rejected)
-        finally:
-            checked.unpersist()
+        # One pass over the files: each is checked (extension, size, header) and, where the check passes, its
+        # bytes go on to the network in the same task; a failed check's bytes are nulled, so the featurizer
+        # rejects the row at once and the check's reason is the one recorded. The network's output (no image
+        # bytes) is cached once for both tables. Featurize tasks as `predict` makes them (two per core): the
+        # source's splits of ~30 files each would pay the network UDF's per-task cost thirty times a batch.
+        check = _check_udf(self.cfg["data"])(F.col("path"), F.col("length"), F.col("content"))
+        rows = batch.select(image_id(F.col("path"), self.root).alias(IMAGE_ID), F.col("path").alias(PATH),
+                            F.col("modificationTime").alias(ARRIVED), check.alias("_check"), F.col("content"))
+        usable = rows.select(
+            IMAGE_ID, PATH, F.lit(None).cast("string").alias(LABEL), F.lit(None).cast("int").alias(LABEL_INDEX),
+            F.col("_check.width").alias(WIDTH), F.col("_check.height").alias(HEIGHT),
+            F.when(F.col("_check.reason").isNull(), F.col("content")).alias(CONTENT),
+            F.col("_check.reason").alias(_CHECKED), ARRIVED, F.current_timestamp().alias(PROCESSED),
+        ).coalesce(featurize_partitions(batch.sparkSession, self.cfg, 1 << 30))  # coalesce never adds tasks
+        with predicted(self.model(), usable, carry=(_CHECKED, ARRIVED, PROCESSED)) as (predictions, unusable):
+            predictions = predictions.drop(_CHECKED).withColumn(MODEL, F.lit(self.model_name))
+            rejected = unusable.select(IMAGE_ID, PATH, F.coalesce(_CHECKED, REASON).alias(REASON), ARRIVED, PROCESSED)
+            rejected = rejected.unionByName(self._unread(predictions, rejected, batch_id))
+            counts = self._write(batch_id, predictions, rejected)
         seconds = time.time() - started
         log.info("stream: batch %d: %d predicted, %d rejected in %.1f s (%.1f files/s); arrival-to-prediction lag "
                  "up to %.1f s", batch_id, counts["predicted"], counts["rejected"], seconds,
                  (counts["predicted"] + counts["rejected"]) / max(seconds, 1e-9), counts["max_lag_s"])
 
-    def _unread(self, batch: DataFrame, batch_id: int) -> DataFrame:
+    def _unread(self, predictions: DataFrame, rejected: DataFrame, batch_id: int) -> DataFrame:
         """Rejected rows for the files the source listed in this batch but Spark did not read (zero bytes)."""
         schema = T.StructType([T.StructField(IMAGE_ID, T.StringType()), T.StructField(PATH, T.StringType()),
                                T.StructField(REASON, T.StringType()), T.StructField(ARRIVED, T.TimestampType())])
         listed = source_files(self.checkpoint, batch_id) if source_kind(self.cfg["stream"]["source"]) == "binaryFile" else None
         rows = []
-        if listed:
-            read = {_normal(r[PATH]) for r in batch.select(PATH).collect()}
+        if listed:  # the paths of both outputs, from the cached network output: no file is read again
+            read = {_normal(r[PATH]) for r in predictions.select(PATH).unionByName(rejected.select(PATH)).collect()}
             for path in sorted(set(listed) - read):
                 size = storage.size(path)
                 why = ("empty file (0 bytes): Spark's file source does not read it" if size == 0 else
                        "listed by the stream but not read (it vanished or could not be read)")
                 rows.append((path, path, why, datetime.datetime.fromtimestamp(listed[path] / 1000)))
-        unread = batch.sparkSession.createDataFrame(rows, schema)
+        unread = predictions.sparkSession.createDataFrame(rows, schema)
         return unread.withColumn(IMAGE_ID, image_id(F.col(PATH), self.root)).withColumn(PROCESSED, F.current_timestamp())
 
     def _write(self, batch_id: int, predictions: DataFrame, rejected: DataFrame) -> dict:
-        """Both tables' rows of this batch, then its commit record (last)."""
-        written = {}
+        """Both tables' rows of this batch, counted while written, then its commit record (last)."""
+        observed = {}
         for name, df in (("predictions", predictions), ("rejected", rejected)):
+            observed[name] = Observation(f"sparkvision_stream_{name}_{batch_id}")
+            df = df.observe(observed[name], F.count(F.lit(1)).alias("n"),
+                            F.max(F.col(PROCESSED).cast("double") - F.col(ARRIVED).cast("double")).alias("lag"))
             table = getattr(self.lay, name)
             if self.cfg["stream"]["format"] == "delta":  # Delta's idempotent append: one version per batch id
                 (df.withColumn(BATCH_ID, F.lit(batch_id)).write.format("delta").mode("append")
                  .option("txnAppId", f"{self.app_id}-{name}").option("txnVersion", batch_id).partitionBy(BATCH_ID)
                  .save(table))
-                written[name] = df
             else:
                 tmp = join(self.lay.staging, f"{name}-{batch_id}")
                 storage.delete(tmp)  # what a crash left of this batch
                 df.write.parquet(tmp)
                 storage.makedirs(table)
-                target = join(table, f"{BATCH_ID}={batch_id}")
-                storage.replace_with(tmp, target)
-                written[name] = df.sparkSession.read.parquet(target)
-        row = written["predictions"].agg(
-            F.count(F.lit(1)).alias("n"),
-            F.max(F.col(PROCESSED).cast("double") - F.col(ARRIVED).cast("double")).alias("lag")).first()
-        counts = {"predicted": row["n"], "rejected": written["rejected"].count(), "max_lag_s": row["lag"] or 0.0}
+                storage.replace_with(tmp, join(table, f"{BATCH_ID}={batch_id}"))
+        done = {name: o.get for name, o in observed.items()}
+        counts = {"predicted": done["predictions"]["n"], "rejected": done["rejected"]["n"],
+                  "max_lag_s": done["predictions"]["lag"] or 0.0}
         storage.write_json(self.lay.commit(batch_id), {"batch_id": batch_id, "predicted": counts["predicted"],
                                                        "rejected": counts["rejected"], "model": self.model_name,
                                                        "committed_at": time.time()})
@@ -283,6 +273,21 @@ def _log_progress(query, seen: int) -> int:
     return seen
 
 
+LISTING_THRESHOLD = "spark.sql.sources.parallelPartitionDiscovery.threshold"
+
+
+def _list_on_driver(spark: SparkSession, images: str, stream_cfg: dict) -> None:
+    """Each micro-batch of the file source lists its files again; past 32 paths Spark does that in a Spark job
+    of one task per file (1,000 tasks, seconds, for every 1,000-file batch). A local folder's files are stat'ed
+    on the driver instead, in milliseconds. On an object store the listing job stays (a request per file from
+    the driver alone would be slower); Auto Loader lists in its own way."""
+    if source_kind(stream_cfg["source"]) != "binaryFile" or not storage.is_local(images):
+        return
+    want = max(int(stream_cfg["max_files_per_trigger"] or 0), 100_000)
+    if int(spark.conf.get(LISTING_THRESHOLD, "32")) < want:
+        spark.conf.set(LISTING_THRESHOLD, str(want))
+
+
 def run(spark: SparkSession, cfg: dict, model_dir: str, model_name: str, images: str, out: str,
         trigger: str, checkpoint: str | None = None, timeout: float | None = None, runtime: dict | None = None) -> dict:
     """Run the stream until it has processed what is there (``available-now``) or until ``timeout`` seconds /
@@ -293,6 +298,7 @@ def run(spark: SparkSession, cfg: dict, model_dir: str, model_name: str, images:
     checkpoint = checkpoint or lay.checkpoint
     sink = BatchSink(model_dir, model_name, images, out, cfg, runtime or {}, checkpoint)
     sink.model()  # a model that cannot load fails here, before the query starts
+    _list_on_driver(spark, images, cfg["stream"])
     query = (read_stream(spark, images, cfg["stream"]).writeStream.queryName("sparkvision_stream")
              .option("checkpointLocation", checkpoint)
              .trigger(**parse_trigger(trigger)).foreachBatch(sink).start())

@@ -142,3 +142,45 @@ def test_local_engine_is_bounded_by_the_drivers_heap(spark):
     # The session's own heap, from its JVM: local mode's default is 1 GB (less what the JVM keeps back).
     assert 2**29 < driver_heap_bytes(spark) <= 2**30
     assert [_size_bytes(v) for v in ("3g", "512m", "2048", "1.5g", "4GB")] == [3 * 2**30, 2**29, 2**31, None, 4 * 2**30]
+
+
+_SMALL_HEAP_TUNING = """
+import sys
+import numpy as np, pandas as pd
+from pyspark.ml.functions import array_to_vector
+from sparkvision import config, train
+from sparkvision.spark import get_spark
+
+n, out = int(sys.argv[1]), sys.argv[2]
+spark = get_spark("local[2]", "small-heap-tuning", {"spark.driver.memory": "512m", "spark.ui.showConsoleProgress": "false"})
+rng = np.random.default_rng(0)
+y = np.arange(n) % 4
+x = np.clip(rng.gamma(1.0, 0.5, (n, 1280)) + (np.arange(1280)[None, :] % 4 == y[:, None]) * 0.5, 0, 6).astype(np.float32)
+frame = pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "label": [f"c{k}" for k in y], "label_index": y.astype(float),
+                      "x": list(x)})
+del x
+(spark.createDataFrame(frame).select("image_id", "label", "label_index", array_to_vector("x").alias("features"))
+ .write.parquet(out))
+del frame
+cfg = {**config.defaults()["train"], "reg_param": [0.1], "elastic_net_param": [0.0], "max_iter": [20], "tuning": "spark"}
+result = train.tune(spark.read.parquet(out), 4, cfg)
+print("TUNED", result.engine, result.model.coefficientMatrix.numRows, result.model.coefficientMatrix.numCols)
+"""
+
+
+@pytest.mark.slow
+def test_crossvalidator_tuning_fits_a_small_heap(tmp_path):
+    """CrossValidator caches each fold and LogisticRegression its blocks: the training rows' own cache stays on
+    disk for the spark engine. 12,000 x 1280 features in a 512 MB driver heap ran out of memory while the
+    rows were also cached in memory."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYSPARK_PYTHON=os.environ.get("PYSPARK_PYTHON", sys.executable))
+    done = subprocess.run([sys.executable, "-c", _SMALL_HEAP_TUNING, "12000", str(tmp_path / "features.parquet")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert "OutOfMemoryError" not in done.stderr, done.stderr[-4000:]
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "TUNED spark 4 1280" in done.stdout, done.stdout[-2000:]
+    assert train._cache_level("spark").useMemory is False and train._cache_level("local").useMemory is True

@@ -91,22 +91,22 @@ def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningRe
     grid = param_grid(lr, train_cfg)
     data = assign_folds(train_features.select(IMAGE_ID, LABEL_NAME, LABEL, FEATURES), train_cfg["folds"],
                         train_cfg["seed"])
-    # LR runs one Spark job per iteration: for small data, task overhead dominates, so use few partitions;
-    # but no partition's cached features over CACHE_BYTES_PER_PARTITION (two 25,000-row partitions of
-    # 1280-wide features exhausted a 1 GB heap while being cached).
-    parallel = default_parallelism(data.sparkSession)
     rows = data.count()
     dim = len(data.select(FEATURES).first()[FEATURES]) if rows else 0
-    parts = max(min(parallel, math.ceil(rows / ROWS_PER_PARTITION)),
-                math.ceil(rows * dim * 8 / CACHE_BYTES_PER_PARTITION))
-    data = data.coalesce(max(1, parts)).persist(StorageLevel.MEMORY_AND_DISK)
-    min_class = min(r["count"] for r in data.groupBy(LABEL).count().collect())
-    if min_class < train_cfg["folds"]:
-        log.warning("smallest class has %d training rows, fewer than %d folds", min_class, train_cfg["folds"])
     engine = train_cfg["tuning"]
     if engine == "auto":
         spark = data.sparkSession
         engine = "local" if local_fits(rows, dim, train_cfg, is_remote(spark), driver_heap_bytes(spark)) else "spark"
+    # LR runs one Spark job per iteration: for small data, task overhead dominates, so use few partitions;
+    # but no partition's cached features over CACHE_BYTES_PER_PARTITION (two 25,000-row partitions of
+    # 1280-wide features exhausted a 1 GB heap while being cached).
+    parallel = default_parallelism(data.sparkSession)
+    parts = max(min(parallel, math.ceil(rows / ROWS_PER_PARTITION)),
+                math.ceil(rows * dim * 8 / CACHE_BYTES_PER_PARTITION))
+    data = data.coalesce(max(1, parts)).persist(_cache_level(engine))
+    min_class = min(r["count"] for r in data.groupBy(LABEL).count().collect())
+    if min_class < train_cfg["folds"]:
+        log.warning("smallest class has %d training rows, fewer than %d folds", min_class, train_cfg["folds"])
     log.info("tuning %d grid points x %d folds on %d training rows (%s)", len(grid), train_cfg["folds"], rows, engine)
     tuned = (_tune_local if engine == "local" else _tune_spark)(lr, grid, data, n_classes, train_cfg)
     data.unpersist()
@@ -116,6 +116,15 @@ def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningRe
         "max_iter": model.getMaxIter(),
     }
     return TuningResult(model, best_params, rows_out, train_cfg["metric"], time.time() - started, engine)
+
+
+def _cache_level(engine: str) -> StorageLevel:
+    """Where the training rows are cached for ``engine``. CrossValidator caches each fold's rows and
+    LogisticRegression its own blocks of them: a third copy in memory only competes with those for the heap
+    (in local mode's 1 GB heap, 40,000 x 1280 features cached in memory ran it out of memory in
+    CrossValidator, and on disk did not), so for ``spark`` it stays on disk. The local engine reads the
+    rows once, to collect them."""
+    return StorageLevel.DISK_ONLY if engine == "spark" else StorageLevel.MEMORY_AND_DISK
 
 
 def _tune_spark(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):

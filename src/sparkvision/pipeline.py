@@ -62,10 +62,12 @@ def runtime_settings(cfg: Config) -> dict:
             "numThreads": f["threads"]}
 
 
-def featurize_partitions(spark: SparkSession, cfg: Config, n_images: int) -> int:
-    """Tasks for featurization: ``featurize.partitions``, or two per executor core, at most one per image."""
+def featurize_partitions(spark: SparkSession, cfg: Config, n_images: int | None = None) -> int:
+    """Tasks for featurization: ``featurize.partitions``, or two per executor core, at most one per image
+    where ``n_images`` is known."""
     configured = cfg["featurize"]["partitions"]
-    return max(1, configured or min(n_images, 2 * default_parallelism(spark)))
+    cores = 2 * default_parallelism(spark)
+    return max(1, configured or (cores if n_images is None else min(n_images, cores)))
 
 
 def featurize_tasks(spark: SparkSession, cfg: Config, images: DataFrame) -> tuple[DataFrame, int]:

@@ -196,7 +196,7 @@ class BatchSink:
             F.col("_check.width").alias(WIDTH), F.col("_check.height").alias(HEIGHT),
             F.when(F.col("_check.reason").isNull(), F.col("content")).alias(CONTENT),
             F.col("_check.reason").alias(_CHECKED), ARRIVED, F.current_timestamp().alias(PROCESSED),
-        ).coalesce(featurize_partitions(batch.sparkSession, self.cfg, 1 << 30))  # coalesce never adds tasks
+        ).coalesce(featurize_partitions(batch.sparkSession, self.cfg))  # coalesce never adds tasks
         with predicted(self.model(), usable, carry=(_CHECKED, ARRIVED, PROCESSED)) as (predictions, unusable):
             predictions = predictions.drop(_CHECKED).withColumn(MODEL, F.lit(self.model_name))
             rejected = unusable.select(IMAGE_ID, PATH, F.coalesce(_CHECKED, REASON).alias(REASON), ARRIVED, PROCESSED)

@@ -91,7 +91,9 @@ def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningRe
     grid = param_grid(lr, train_cfg)
     data = assign_folds(train_features.select(IMAGE_ID, LABEL_NAME, LABEL, FEATURES), train_cfg["folds"],
                         train_cfg["seed"])
-    rows = data.count()
+    # Rows per class in one pass over the source (the cache's level depends on the engine they decide).
+    per_class = [r["count"] for r in data.groupBy(LABEL).count().collect()]
+    rows = sum(per_class)
     dim = len(data.select(FEATURES).first()[FEATURES]) if rows else 0
     engine = train_cfg["tuning"]
     if engine == "auto":
@@ -104,7 +106,7 @@ def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningRe
     parts = max(min(parallel, math.ceil(rows / ROWS_PER_PARTITION)),
                 math.ceil(rows * dim * 8 / CACHE_BYTES_PER_PARTITION))
     data = data.coalesce(max(1, parts)).persist(_cache_level(engine))
-    min_class = min(r["count"] for r in data.groupBy(LABEL).count().collect())
+    min_class = min(per_class)
     if min_class < train_cfg["folds"]:
         log.warning("smallest class has %d training rows, fewer than %d folds", min_class, train_cfg["folds"])
     log.info("tuning %d grid points x %d folds on %d training rows (%s)", len(grid), train_cfg["folds"], rows, engine)

@@ -55,7 +55,7 @@ RUN --mount=type=secret,id=pip_ca \
 FROM deps AS test-deps
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
- && pip install -c /src/constraints.txt --target /opt/test-deps pytest chispa
+ && pip install -c /src/constraints.txt --target /opt/test-deps pytest chispa "moto[server]"
 
 # The shipped venv: no pip, setuptools or wheel left in it.
 FROM deps AS venv

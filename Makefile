@@ -34,6 +34,8 @@ test-spark40: setup-spark40 photos
 		$(VENV40)/bin/python -c "import pyspark; assert pyspark.__version__.startswith('4.0'), pyspark.__version__"
 	PYSPARK_PYTHON=$(abspath $(VENV40))/bin/python PYSPARK_DRIVER_PYTHON=$(abspath $(VENV40))/bin/python \
 		$(VENV40)/bin/python -m pytest -m "not slow"
+	PYSPARK_PYTHON=$(abspath $(VENV40))/bin/python PYSPARK_DRIVER_PYTHON=$(abspath $(VENV40))/bin/python \
+		$(VENV40)/bin/python -m pytest -m slow tests/test_stream.py
 
 demo: setup
 	$(VENV)/bin/sparkvision run

@@ -77,6 +77,17 @@ def digits_small(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits_model(spark, digits_small, tmp_path_factory) -> Path:
+    """A model trained once on ``digits_small`` (the smallest grid), for the tests that predict or stream."""
+    from sparkvision import cli
+
+    out = tmp_path_factory.mktemp("trained")
+    assert cli.main(["run", "--images", str(digits_small), "--output", str(out), "--set", "train.reg_param=[0.1]",
+                     "--set", "train.elastic_net_param=[0.0]", "--set", "train.folds=2"]) == 0
+    return out / "model"
+
+
+@pytest.fixture(scope="session")
 def football_loaded(spark, football):
     from sparkvision import config, loader
 

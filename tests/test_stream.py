@@ -21,19 +21,19 @@ pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def model_dir(spark, digits_small, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trained")
-    assert cli.main(["run", "--images", str(digits_small), "--output", str(out), "--set", "train.reg_param=[0.1]",
-                     "--set", "train.elastic_net_param=[0.0]", "--set", "train.folds=2"]) == 0
-    return out / "model"
+def model_dir(digits_model) -> Path:
+    return digits_model
 
 
-def _drop(src: Path, dest: Path, data: bytes | None = None) -> Path:
-    """Write a file as a copy tool does: under a hidden name, then renamed (the file source never sees half)."""
+def _drop(src: Path, dest: Path, data: bytes | None = None, age_days: float = 0) -> Path:
+    """Write a file as a copy tool does: as ``NAME._COPYING_``, then renamed (the stream never sees half)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    hidden = dest.with_name("." + dest.name + ".part")
-    hidden.write_bytes(src.read_bytes() if data is None else data)
-    os.replace(hidden, dest)
+    part = dest.with_name(dest.name + "._COPYING_")
+    part.write_bytes(src.read_bytes() if data is None else data)
+    if age_days:
+        old = time.time() - age_days * 86_400
+        os.utime(part, (old, old))
+    os.replace(part, dest)
     return dest
 
 
@@ -160,3 +160,91 @@ def test_driver_killed_mid_batch_restarts_from_its_checkpoint_exactly_once(spark
     assert not any(staging.iterdir()) if staging.exists() else True
     leftovers = [p.name for t in ("predictions", "rejected") for p in (out / t).iterdir() if ".tmp-" in p.name or ".old-" in p.name]
     assert not leftovers
+
+
+def _jpeg(src: Path) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(src).convert("RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _parquet_rows(table: Path) -> list[dict]:
+    """A stream table's rows read with pyarrow, file by file (not with sparkvision's code)."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for part in sorted(table.glob("batch_id=*")) if table.exists() else []:
+        for f in part.glob("*.parquet"):
+            rows += [{**r, "batch_id": part.name.split("=", 1)[1]} for r in pq.read_table(f).to_pylist()]
+    return rows
+
+
+def _every_file(folder: Path) -> list[str]:
+    """Every file under the dropped folder, as os.walk sees it, hidden names included."""
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+def _run_child(model_dir: Path, drop: Path, out: Path, fault: str | None = None, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env.pop("SPARKVISION_FAULT", None)
+    if fault:
+        env["SPARKVISION_FAULT"] = fault
+    return subprocess.run(STREAM_CHILD + ["--model", str(model_dir), "--images", str(drop), "--output", str(out),
+                                          "--trigger", "available-now", *extra],
+                          env=env, capture_output=True, text=True, start_new_session=True, timeout=600)
+
+
+def test_waves_of_everyday_names_with_the_driver_killed_at_three_points(spark, model_dir, digits_small, tmp_path):
+    """Four waves: spaces, accents, '_' and '.' names, a 9-day-old copy, a 2.2 GB sparse file, a changed
+    checkpoint; the driver SIGKILLed while writing a partition, after the swap before the commit record, and
+    while replacing a partition a crash left. Every file exactly once, counted with os.walk and pyarrow."""
+    drop, out = tmp_path / "drop", tmp_path / "out"
+    good = sorted(digits_small.rglob("*.png"))
+    _drop(good[0], drop / "IMG 0001.jpg", _jpeg(good[0]))
+    _drop(good[11], drop / "été.jpg", _jpeg(good[11]))
+    _drop(good[1], drop / "_DSC0001.JPG", _jpeg(good[1]))
+    _drop(good[2], drop / ".x.jpg", _jpeg(good[2]))
+    _drop(good[22], drop / "a" / "plain.png")
+
+    # 1. killed while writing the batch's partitions (predictions staged, rejected not yet)
+    died = _run_child(model_dir, drop, out, "stream:staged-predictions")
+    assert died.returncode == -9, died.stderr[-3000:]
+    assert not list((out / "_stream" / "commits").glob("*.json"))
+
+    # 2. a wave arrives; killed after batch 0's swap, before its commit record
+    _drop(good[12], drop / "copied.jpg", _jpeg(good[12]), age_days=9)
+    with open(drop / "huge.jpg", "wb") as f:
+        f.truncate(2_200_000_000)
+    died = _run_child(model_dir, drop, out, "stream:before-commit")
+    assert died.returncode == -9, died.stderr[-3000:]
+    assert (out / "predictions" / "batch_id=0").is_dir() and not (out / "_stream" / "commits" / "0.json").exists()
+
+    # 3. the replay of batch 0 killed while replacing the partition the last crash left
+    died = _run_child(model_dir, drop, out, "replace:after_aside")
+    assert died.returncode == -9, died.stderr[-3000:]
+    assert list(out.glob("*/batch_id=0.old-*")), "the kill came while a partition was moved aside"
+
+    done = _run_child(model_dir, drop, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # 4. a changed checkpoint is refused, naming both; the right one goes on with the last wave
+    _drop(good[23], drop / "b" / "IMG 0002.jpg", _jpeg(good[23]))
+    _drop(good[3], drop / "b" / "_DSC0002.JPG", _jpeg(good[3]))
+    refused = _run_child(model_dir, drop, out, None, "--checkpoint", str(tmp_path / "other-checkpoint"))
+    assert refused.returncode != 0 and str(tmp_path / "other-checkpoint") in refused.stderr
+    assert str(out / "_stream" / "checkpoint") in refused.stderr
+    done = _run_child(model_dir, drop, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    preds, rejected = _parquet_rows(out / "predictions"), _parquet_rows(out / "rejected")
+    found = sorted(r["image_id"] for r in preds + rejected)
+    assert found == _every_file(drop), "every file under --images exactly once in predictions or rejected"
+    assert sorted(r["image_id"] for r in preds) == ["IMG 0001.jpg", "a/plain.png", "b/IMG 0002.jpg", "copied.jpg", "été.jpg"]
+    reasons = {r["image_id"]: r["reason"] for r in rejected}
+    assert all(reasons[n].startswith("hidden file") for n in ("_DSC0001.JPG", ".x.jpg", "b/_DSC0002.JPG"))
+    assert reasons["huge.jpg"].startswith("file too large")
+    assert not [p for p in out.rglob("*") if ".old-" in p.name or ".tmp-" in p.name]

@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     from .provenance import StaleOutput
     from .stack import StackError
     from .storage import OutputLocked
+    from .stream import StreamConflict
     from .tracking import TrackingError
 
     try:
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return _pipeline(args)
     except (config_mod.ConfigError, ClusterSpecError, LoadError, FileNotFoundError, WeightsNotFoundError,
             StaleOutput, OutputLocked, CheckpointError, WeightsChecksumError, ChecksumMismatchError,
-            StackError, TrackingError) as exc:
+            StackError, StreamConflict, TrackingError) as exc:
         print(f"sparkvision: error: {secrets.redact_text(str(exc))}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -133,6 +134,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "format": Field("parquet", str, lambda v: v in ("parquet", "delta"), "one of parquet, delta"),
         "max_files_per_trigger": Field(1000, int, lambda v: v >= 0, "0 (no cap) or a positive integer"),
         "max_bytes_per_trigger": Field(0, int, lambda v: v >= 0, "0 (no cap) or a positive number of bytes"),
+        # binaryFile's maxFileAge: null = never (a file copied in with an old modification time is still new;
+        # the source remembers every path it saw). A duration such as 30d forgets older paths, and then
+        # ignores a file older than the newest seen one minus that.
+        "max_file_age": Field(None, str, lambda v: re.fullmatch(r"\d+(ms|s|m|min|h|d)", v) is not None, nullable=True,
+                              rule="null (never) or a duration such as 30d, 12h"),
+        # files the file source never lists (names starting with '.' or '_') reported as rejected
+        "report_unlisted": Field(True, bool),
     },
     "spark": {
         "master": Field(None, str, nullable=True, rule="a Spark master URL such as local[2]"),

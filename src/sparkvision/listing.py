@@ -137,6 +137,27 @@ def file_reason(path: str, size: int | None, extensions, max_bytes: int, max_mb:
     return None
 
 
+def spark_skips(name: str) -> bool:
+    """Whether Spark's file sources leave out a file or folder of this name (``HadoopFSUtils``'s rule: ``_x``
+    but not ``_x=1``, a partition folder; ``.x``; ``x._COPYING_``)."""
+    return (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith(COPYING_SUFFIX)
+
+
+def unlisted_reason(image_id: str) -> str | None:
+    """For a file below a streamed folder that Spark's file source never lists: why it is rejected (the
+    reasons ``load`` gives), or None when the file source lists it, or when it is a copy in progress
+    (``._COPYING_``: it is listed once renamed)."""
+    parts = image_id.split("/")
+    if parts[-1].endswith(COPYING_SUFFIX):
+        return None
+    hidden = [p for p in parts[:-1] if spark_skips(p)]
+    if hidden:
+        return f"hidden or system folder ({hidden[0]}): not read"
+    if spark_skips(parts[-1]):
+        return "hidden file (name starts with '.' or '_')"
+    return None
+
+
 def label_of(image_id: str) -> str | None:
     """The class of a listed file: its first folder below the root (None at the root, in a system folder,
     and for a folder-level row: an unreadable folder or a loop is not an image of a class)."""

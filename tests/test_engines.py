@@ -5,6 +5,7 @@ any engine."""
 import json
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -211,3 +212,140 @@ def test_a_connect_client_without_the_engines_leaves_the_check_to_the_workers(mo
     assert f.resolveEngine(strict=False) == "openvino"
     assert "the workers will" in caplog.text
     assert DeepImageFeaturizer().resolveEngine(strict=False) == "auto"
+
+
+# --- trust: exports only from folders nobody else can write, files as their manifest says -------------
+# Hand-made exports (a manifest over stand-in files): what is tested is which folder is loaded, not the graph.
+
+SHA = "ab" * 32
+
+
+def _fake_export(root: Path, engine: str = "onnxruntime", files: dict | None = None) -> Path:
+    """An export folder as :func:`engines.export` leaves one (mode 755, files 644, manifest last)."""
+    import hashlib
+
+    files = files or {"model.onnx": b"a graph"} if engine == "onnxruntime" else files or {
+        "model.xml": b"<net/>", "model.bin": b"weights"}
+    folder = engines.export_dir(MODEL, SHA, engine, root)
+    for path in (root, folder.parent):
+        if not path.exists():  # made as the export makes them, whatever the umask
+            path.mkdir(parents=True)
+            path.chmod(0o755)
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    manifest = {"model": MODEL, "weights_sha256": SHA, "engine": engine, "format": engines.EXPORT_FORMAT,
+                "files": {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    engines._seal(folder)
+    return folder
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    """The three export roots under ``tmp_path`` (weights cache, $XDG_CACHE_HOME, the temp folder), and
+    the roots that an export (faked) was made in."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(engines, "_PRIVATE_ROOTS", {})
+    exported: list[Path] = []
+
+    def export(spec_name, weights_path, sha256, engine, root):
+        exported.append(Path(root))
+        target = engines.export_dir(spec_name, sha256, engine, root)
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        _fake_export(Path(root), engine, {"model.onnx": b"exported here"})
+
+    monkeypatch.setattr(engines, "_export_subprocess", export)
+    cache = tmp_path / "cache"
+    found = engines.export_roots(cache)
+    assert found == [cache / "engines", tmp_path / "xdg" / "sparkvision" / "engines",
+                     tmp_path / "tmp" / f"sparkvision-engines-{os.getuid()}"]
+    return cache, found, exported
+
+
+def _ensure(cache) -> Path:
+    return engines.ensure_export(MODEL, "/unused/weights.h5", SHA, "onnxruntime", cache)
+
+
+def test_a_trusted_export_is_used_as_it_is(roots):
+    cache, (first, *_), exported = roots
+    folder = _fake_export(first)
+    assert _ensure(cache) == folder and exported == []
+
+
+def test_a_world_writable_export_folder_is_ignored_and_redone_elsewhere(roots, caplog):
+    cache, (first, second, _), exported = roots
+    planted = _fake_export(first)
+    planted.chmod(0o777)
+    folder = _ensure(cache)
+    why = f"export folder {planted} is group- or world-writable (mode 777)"
+    assert f"engine export {planted} ignored: {why}" in caplog.text
+    assert exported == [second] and folder == engines.export_dir(MODEL, SHA, "onnxruntime", second)
+    assert (planted / "model.onnx").read_bytes() == b"a graph"  # left alone, never loaded
+
+
+def test_a_tampered_artifact_is_not_used(roots, caplog):
+    cache, (first, *_), exported = roots
+    folder = _fake_export(first)
+    (folder / "model.onnx").write_bytes(b"a graph, changed")  # manifest unchanged
+    assert _ensure(cache) == folder
+    assert "model.onnx changed since it was exported" in caplog.text
+    assert exported == [first] and (folder / "model.onnx").read_bytes() == b"exported here"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another uid needs root")
+@pytest.mark.parametrize("whose", ["folder", "root", "artifact"])
+def test_an_export_owned_by_another_user_is_ignored(roots, caplog, whose):
+    cache, (first, second, _), exported = roots
+    folder = _fake_export(first)
+    other = {"folder": folder, "root": first, "artifact": folder / "model.onnx"}[whose]
+    os.chown(other, 65534, 65534)
+    _ensure(cache)
+    assert f"is owned by uid 65534, not this user (uid {os.geteuid()})" in caplog.text and str(other) in caplog.text
+    # a folder that is ours is exported into again (replacing the foreign file); one that is not, elsewhere
+    assert exported == [first if whose == "artifact" else second]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another uid needs root")
+def test_a_planted_temp_root_is_never_used_and_the_export_goes_to_a_private_folder(roots, caplog):
+    cache, found, exported = roots
+    for root in found[:2]:
+        root.mkdir(parents=True)
+        root.chmod(0o777)
+    tmp_root = found[2]
+    _fake_export(tmp_root)  # another user's, under the predictable name, with a valid manifest
+    os.chown(tmp_root, 65534, 65534)
+    folder = _ensure(cache)
+    assert f"engines root {tmp_root} is owned by uid 65534" in caplog.text
+    private = exported[0]
+    assert private not in found and private.name.startswith(f"sparkvision-engines-{os.getuid()}-")
+    assert private.stat().st_mode & 0o777 == 0o700 and folder == engines.export_dir(MODEL, SHA, "onnxruntime", private)
+
+
+def test_a_file_the_manifest_does_not_list_or_a_weights_file_it_omits_is_not_used(roots, caplog):
+    cache, (first, *_), _ = roots
+    folder = _fake_export(first)
+    (folder / "extra.so").write_bytes(b"\x7fELF")
+    assert not engines._usable(folder, first, MODEL, SHA, "onnxruntime")
+    assert "extra.so not in its manifest" in caplog.text
+    ov = _fake_export(first, "openvino", {"model.xml": b"<net/>"})  # model.bin unlisted: unverified weights
+    (ov / "model.bin").write_bytes(b"anything")
+    assert not engines._usable(ov, first, MODEL, SHA, "openvino")
+
+
+def test_an_export_is_sealed_whatever_the_umask(tmp_path):
+    old = os.umask(0o002)
+    try:
+        folder = tmp_path / "x"
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"g")
+        assert (folder / "model.onnx").stat().st_mode & 0o020
+        engines._seal(folder)
+    finally:
+        os.umask(old)
+    assert (folder / "model.onnx").stat().st_mode & 0o777 == 0o644 and folder.stat().st_mode & 0o777 == 0o755

@@ -10,6 +10,13 @@ short-lived subprocess (``python -m sparkvision.engines export ...``) under a fi
 converter's memory and TensorFlow's threads never stay in a Spark worker, and two workers on one
 machine export once.
 
+Exports are code the engines run, so one is used only from a folder nobody else can write: the export
+folder, its parents up to the engines root, the manifest and every file owned by this user (or root, as
+the Docker image's are) and not group- or world-writable, each file's sha256 as the manifest recorded it,
+and no file the manifest does not list. A folder that fails is ignored with a warning saying why, and the
+export is redone in a root that passes (the temp folder's predictable ``sparkvision-engines-<uid>``,
+made mode 0700, only while it is this user's and writable by no one else; else a fresh private folder).
+
 * ``tensorflow``: the frozen TF graph of :func:`sparkvision.network.inference_function`, built in
   the worker (the reference; also the engine on a GPU).
 * ``onnxruntime``: that graph converted by tf2onnx (uint8 pixels in, the preprocessing inside).
@@ -122,30 +129,106 @@ def resolve(engine: str = AUTO, precision: str = "fp32", gpu: bool = False) -> s
 # --- export ------------------------------------------------------------------------------------------
 
 def export_roots(cache_dir: str | os.PathLike | None) -> list[Path]:
-    """Where exports are looked for, in order, and made in the first writable one: beside the weights
-    cache (``<cache>/engines``), then the user's cache, then the temp folder (a read-only image cache)."""
+    """Where exports are looked for, in order, and made in the first writable, trusted one: beside the
+    weights cache (``<cache>/engines``), then the user's cache, then the temp folder (a read-only image
+    cache). The temp folder's name is predictable, so another local user may have made it first: like
+    every root, it is used only if :func:`_distrust` finds nothing wrong with it."""
     from .models.weights import default_cache_dir
 
     user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sparkvision" / "engines"
-    roots = [Path(cache_dir or default_cache_dir()) / "engines", user,
-             Path(tempfile.gettempdir()) / f"sparkvision-engines-{os.getuid()}"]
+    roots = [Path(cache_dir or default_cache_dir()) / "engines", user, _tmp_root()]
     return list(dict.fromkeys(roots))
+
+
+def _tmp_root() -> Path:
+    return Path(tempfile.gettempdir()) / f"sparkvision-engines-{os.getuid()}"
 
 
 def export_dir(spec_name: str, sha256: str, engine: str, root: str | os.PathLike) -> Path:
     return Path(root) / f"{spec_name}-{sha256[:16]}" / engine
 
 
+# --- trust -------------------------------------------------------------------------------------------
+
+def _trusted_owners() -> tuple[int, ...]:
+    """This user, and root (who can change anything anyway; the Docker image's exports are root's)."""
+    return (os.geteuid(), 0)
+
+
+def _path_distrust(path: Path, what: str) -> str | None:
+    """Why ``path`` (which exists) may have been changed by someone else, or None."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"{what} {path} cannot be checked: {exc.strerror or exc}"
+    if st.st_uid not in _trusted_owners():
+        return f"{what} {path} is owned by uid {st.st_uid}, not this user (uid {os.geteuid()})"
+    if st.st_mode & 0o022:
+        return f"{what} {path} is group- or world-writable (mode {st.st_mode & 0o777:o})"
+    return None
+
+
+def _distrust(folder: Path, root: Path) -> str | None:
+    """Why the existing parts of ``folder`` .. ``root`` (each folder from the export up to its engines
+    root) could hold an export someone else planted or changed, or None. The temp folder's root must
+    be a real folder, not a link another user placed under that predictable name."""
+    if root == _tmp_root() and root.is_symlink():
+        return f"engines root {root} is a symbolic link"
+    path = folder
+    while True:
+        if _exists(path):
+            why = _path_distrust(path, "engines root" if path == root else "export folder")
+            if why:
+                return why
+        if path == root or path.parent == path:
+            return None
+        path = path.parent
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False where it cannot be looked at (a folder of another user's, mode 0700)."""
+    try:
+        path.stat()
+    except OSError:
+        return False
+    return True
+
+
+def _files_distrust(folder: Path, names) -> str | None:
+    for name in names:
+        why = _path_distrust(folder / name, "export file")
+        if why:
+            return why
+    return None
+
+
+# --- export ------------------------------------------------------------------------------------------
+
 def _writable(root: Path) -> bool:
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        if root == _tmp_root():  # in the shared temp folder: this user's alone
+            root.mkdir(mode=0o700, exist_ok=True)
+        else:
+            root.mkdir(mode=0o755, parents=True, exist_ok=True)
     except OSError:
         return False
     return os.access(root, os.W_OK | os.X_OK)
 
 
-def _artifact(engine: str) -> str:
-    return {"onnxruntime": "model.onnx", "openvino": "model.xml"}[engine]
+_PRIVATE_ROOTS: dict[tuple[int, str], Path] = {}
+
+
+def _private_root() -> Path:
+    """A fresh folder of this user's alone (mode 0700, under the temp folder), made once per process:
+    where exports go when no root can be trusted."""
+    key = (os.getuid(), tempfile.gettempdir())
+    if key not in _PRIVATE_ROOTS or not _PRIVATE_ROOTS[key].is_dir():
+        _PRIVATE_ROOTS[key] = Path(tempfile.mkdtemp(prefix=f"sparkvision-engines-{os.getuid()}-"))
+    return _PRIVATE_ROOTS[key]
+
+
+# Every file the engine reads from an export: each must be in the manifest (OpenVINO's weights too).
+_ENGINE_FILES = {"onnxruntime": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
 
 
 def _sha256(path: Path) -> str:
@@ -157,28 +240,77 @@ def _sha256(path: Path) -> str:
 
 
 def _manifest_ok(folder: Path, spec_name: str, sha256: str, engine: str) -> bool:
-    """A complete export of exactly this (model, weights, engine, format), every file unchanged."""
+    """A complete export of exactly this (model, weights, engine, format): every file the engine reads
+    listed, each file's sha256 the manifest's, and no file it does not list."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
+        present = {p.name for p in folder.iterdir()} - {"manifest.json"}
     except (OSError, ValueError):
         return False
-    if (manifest.get("model"), manifest.get("weights_sha256"), manifest.get("engine"), manifest.get("format")) != (
+    if not isinstance(manifest, dict) or (manifest.get("model"), manifest.get("weights_sha256"),
+                                          manifest.get("engine"), manifest.get("format")) != (
             spec_name, sha256, engine, EXPORT_FORMAT):
         return False
-    files = manifest.get("files") or {}
+    files = manifest.get("files")
+    if not isinstance(files, dict) or any(not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")
+                                          for n in files):
+        log.warning("engine export %s: manifest.json's files are not plain file names; exporting again", folder)
+        return False
+    missing = [n for n in _ENGINE_FILES[engine] if n not in files]
+    if missing:
+        log.warning("engine export %s: manifest.json does not list %s; exporting again", folder, ", ".join(missing))
+        return False
+    unlisted = sorted(present - set(files))
+    if unlisted:
+        log.warning("engine export %s: %s not in its manifest; exporting again", folder, ", ".join(unlisted))
+        return False
     for name, digest in files.items():
         path = folder / name
         if not path.is_file() or _sha256(path) != digest:
             log.warning("engine export %s: %s changed since it was exported; exporting again", folder, name)
             return False
-    return _artifact(engine) in files
+    return True
+
+
+def _usable(folder: Path, root: Path, spec_name: str, sha256: str, engine: str) -> bool:
+    """Whether ``folder`` holds an export to load: in a trusted place, with trusted files, as its
+    manifest says. A distrusted one is named in a warning (it is never loaded, nor exported into)."""
+    if not _exists(folder / "manifest.json"):
+        return False
+    why = _distrust(folder, root) or _files_distrust(folder, ["manifest.json", *_listing(folder)])
+    if why:
+        log.warning("engine export %s ignored: %s; another local user could have planted or changed it", folder, why)
+        return False
+    return _manifest_ok(folder, spec_name, sha256, engine)
+
+
+def _listing(folder: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.name != "manifest.json")
+    except OSError:
+        return []
+
+
+def _export_root(roots: list[Path], spec_name: str, sha256: str, engine: str) -> Path:
+    """The first root that is writable and trusted (its export folder included, if there), else a fresh
+    private one; every root passed over for distrust is named in a warning."""
+    for root in roots:
+        if not _writable(root):
+            continue
+        why = _distrust(export_dir(spec_name, sha256, engine, root), root)
+        if why is None:
+            return root
+        log.warning("engines root %s not used for the export: %s", root, why)
+    private = _private_root()
+    log.warning("exporting %s for %s into the private folder %s", spec_name, engine, private)
+    return private
 
 
 @contextlib.contextmanager
 def _locked(folder: Path):
     import fcntl
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -199,22 +331,20 @@ def ensure_export(spec_name: str, weights_path: str, sha256: str, engine: str,
     roots = export_roots(cache_dir)
     for root in roots:
         folder = export_dir(spec_name, sha256, engine, root)
-        if _manifest_ok(folder, spec_name, sha256, engine):
+        if _usable(folder, root, spec_name, sha256, engine):
             return folder
-    root = next((r for r in roots if _writable(r)), None)
-    if root is None:
-        raise EngineError(f"cannot export {spec_name} for {engine}: none of {', '.join(map(str, roots))} is writable")
+    root = _export_root(roots, spec_name, sha256, engine)
     folder = export_dir(spec_name, sha256, engine, root)
     try:
         with _locked(folder):
-            if not _manifest_ok(folder, spec_name, sha256, engine):  # else another worker finished it meanwhile
+            if not _usable(folder, root, spec_name, sha256, engine):  # else another worker finished it meanwhile
                 if in_process:
                     export(spec_name, weights_path, sha256, engine, root)
                 else:
                     _export_subprocess(spec_name, weights_path, sha256, engine, root)
     except OSError as exc:
         raise EngineError(f"cannot export {spec_name} for {engine} into {folder}: {exc}") from exc
-    if not _manifest_ok(folder, spec_name, sha256, engine):
+    if not _usable(folder, root, spec_name, sha256, engine):
         raise EngineError(f"export of {spec_name} for {engine} into {folder} did not complete")
     return folder
 
@@ -238,13 +368,14 @@ def export(spec_name: str, weights_path: str, sha256: str, engine: str, root: st
     if file_digest(weights_path) != sha256:
         raise EngineError(f"weights {weights_path} do not have sha256 {sha256}; not exported")
     spec = registry.get(spec_name)
+    root = Path(root)
     folder = export_dir(spec.name, sha256, engine, root)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{engine}-", dir=folder.parent))
     try:
         onnx_file = tmp / "model.onnx"
         onnx_source = export_dir(spec.name, sha256, "onnxruntime", root)
-        if engine == "openvino" and _manifest_ok(onnx_source, spec.name, sha256, "onnxruntime"):
+        if engine == "openvino" and _usable(onnx_source, root, spec.name, sha256, "onnxruntime"):
             onnx_file = onnx_source / "model.onnx"  # the ONNX Runtime export is already here: convert that
         else:
             _to_onnx(spec, weights_path, onnx_file)
@@ -259,6 +390,7 @@ def export(spec_name: str, weights_path: str, sha256: str, engine: str, root: st
                     "input": INPUT_NAME, "input_size": spec.input_size, "feature_dim": spec.feature_dim,
                     "versions": _versions(), "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _seal(tmp)
         if folder.exists():
             import shutil
 
@@ -270,6 +402,14 @@ def export(spec_name: str, weights_path: str, sha256: str, engine: str, root: st
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _seal(folder: Path) -> None:
+    """An export's folder and files writable by their owner only (whatever the umask: a group-writable
+    export would be distrusted and redone), readable by all (an image's exports serve every user)."""
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    folder.chmod(0o755)
 
 
 def _to_onnx(spec, weights_path: str, dest: Path) -> None:

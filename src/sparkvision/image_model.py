@@ -110,7 +110,12 @@ class ImageClassifier:
             return cls(json.load(f), weights_path, threads)
 
     def features(self, images: list) -> tuple[np.ndarray, list[str | None]]:
-        """``(features, errors)``: one feature row per image (NaN where it could not be used) and why."""
+        """``(features, errors)``: one feature row per image (NaN where it could not be used) and why.
+
+        Each row is decoded on its own by :mod:`sparkvision.images`, the featurizer's decode: bytes of a
+        format not accepted (an EPS or PDF sent as an image), a header over ``max_pixels`` or an image
+        this process has not the memory to decode are that row's error, never decoded by another
+        plugin, never a failed request."""
         data = [_as_bytes(v) for v in images]
         features = np.full((len(data), self.spec.feature_dim), np.nan, np.float32)
         errors: list[str | None] = [None] * len(data)

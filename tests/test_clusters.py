@@ -20,6 +20,8 @@ ENTRYPOINT = shutil.which("sparkvision-entrypoint") or str(ROOT / "infra" / "doc
 TOKEN = "dapi" + "0123456789abcdef" * 2
 SPARK_SECRET = "s3cr3t-" + "0123456789abcdef" * 2
 AUTH_ENV = (auth.SECRET_FILE_ENV, auth.SECRET_ENV, auth.INSECURE_ENV, auth.SPARK_DAEMON_SECRET_ENV)
+#: RPC encryption on a daemon's command line, as auth.ENCRYPTION has it for drivers and executors.
+DAEMON_ENCRYPTION = {f"-D{key}={value}" for key, value in auth.ENCRYPTION.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -244,8 +246,10 @@ def test_bad_secret_settings_are_refused_without_showing_the_secret(tmp_path, en
 
 def test_session_conf_only_for_standalone_masters():
     env = {auth.SECRET_ENV: SPARK_SECRET}
-    assert auth.session_conf("spark://h:7077", environ=env) == {"spark.authenticate": "true",
-                                                                 "spark.authenticate.secret": SPARK_SECRET}
+    assert auth.session_conf("spark://h:7077", environ=env) == {
+        "spark.authenticate": "true", "spark.authenticate.secret": SPARK_SECRET,
+        "spark.network.crypto.enabled": "true", "spark.network.crypto.cipher": "AES/GCM/NoPadding",
+        "spark.network.crypto.authEngineVersion": "2"}
     assert auth.session_conf("spark://a:7077,b:7077", environ=env)["spark.authenticate"] == "true"
     for master in ("local[2]", None, "yarn"):
         assert auth.session_conf(master, environ=env) == {}
@@ -261,8 +265,10 @@ def test_configure_session_sets_the_secret_in_process(tmp_path, monkeypatch):
     conf = SparkConf(loadDefaults=False).set("spark.master", "spark://127.0.0.1:7077")
     assert auth.configure_session(conf) is True
     assert conf.get("spark.authenticate") == "true" and conf.get("spark.authenticate.secret") == SPARK_SECRET
+    assert conf.get("spark.network.crypto.enabled") == "true"
     local = SparkConf(loadDefaults=False).set("spark.master", "local[2]")
     assert auth.configure_session(local) is False and local.get("spark.authenticate.secret") is None
+    assert local.get("spark.network.crypto.enabled") is None
     monkeypatch.delenv(auth.SECRET_FILE_ENV)
     asked = SparkConf(loadDefaults=False).setAll([("spark.master", "spark://h:7077"), ("spark.authenticate", "true")])
     with pytest.raises(auth.AuthError, match=auth.SECRET_FILE_ENV):
@@ -272,13 +278,19 @@ def test_configure_session_sets_the_secret_in_process(tmp_path, monkeypatch):
 def test_submit_turns_authentication_on_and_never_shows_the_secret(tmp_path, monkeypatch, capsys):
     spec = clusters.load_spec("ci")
     monkeypatch.setenv(auth.SECRET_FILE_ENV, str(_secret_file(tmp_path)))
-    cmd = clusters.submit_command(spec, "spark://h:7077", ["run"], {"spark.authenticate": "false"})
+    cmd = clusters.submit_command(spec, "spark://h:7077", ["run"], {"spark.authenticate": "false",
+                                                                      "spark.network.crypto.enabled": "false"})
     assert cmd[cmd.index("spark.authenticate=true") - 1] == "--conf" and "spark.authenticate=false" not in cmd
+    for key, value in auth.ENCRYPTION.items():  # encryption comes with the authentication, not to be turned off
+        assert cmd[cmd.index(f"{key}={value}") - 1] == "--conf"
+    assert "spark.network.crypto.enabled=false" not in cmd
     assert not any(SPARK_SECRET in c for c in cmd)
-    assert not any("spark.authenticate" in c for c in clusters.submit_command(spec, "local[2]", ["run"]))
+    assert not any("spark.authenticate" in c or "spark.network.crypto" in c
+                   for c in clusters.submit_command(spec, "local[2]", ["run"]))
     assert cli.main(["submit", "--cluster-spec", "ci", "--master", "spark://127.0.0.1:7077", "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert "--conf spark.authenticate=true" in captured.err and SPARK_SECRET not in captured.out + captured.err
+    assert "--conf spark.network.crypto.enabled=true" in captured.err
     # Nor can the secret be passed as a setting.
     with pytest.raises(ClusterSpecError, match="credential"):
         clusters.submit_command(spec, "spark://h:7077", ["run"], {"spark.authenticate.secret": SPARK_SECRET})
@@ -291,7 +303,8 @@ def test_submit_to_a_master_without_a_secret_is_refused(monkeypatch, capsys):
     assert cli.main(["submit", "--cluster-spec", "ci", "--master", "spark://127.0.0.1:7077", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert auth.SECRET_FILE_ENV in err and auth.INSECURE_ENV in err
-    assert "spark.authenticate" not in " ".join(clusters.submit_command(spec, "spark://h:7077", ["run"], insecure=True))
+    insecure = " ".join(clusters.submit_command(spec, "spark://h:7077", ["run"], insecure=True))
+    assert "spark.authenticate" not in insecure and "spark.network.crypto" not in insecure
     monkeypatch.setenv(auth.INSECURE_ENV, "1")
     assert cli.main(["submit", "--cluster-spec", "ci", "--master", "spark://127.0.0.1:7077", "--dry-run"]) == 0
 
@@ -336,6 +349,7 @@ def test_entrypoint_master_binds_the_configured_host_and_gets_the_secret_by_envi
     assert not any(SPARK_SECRET in a for a in args) and SPARK_SECRET not in proc.stdout + proc.stderr
     assert env["_SPARK_AUTH_SECRET"] == SPARK_SECRET and env["SPARK_LOCAL_IP"] == "127.0.0.1"  # the UI binds there too
     assert "-Dspark.authenticate=true" in env["SPARK_MASTER_OPTS"].split()
+    assert DAEMON_ENCRYPTION <= set(env["SPARK_MASTER_OPTS"].split())  # the drivers' and executors' settings
     assert "-Dspark.master.rest.enabled=false" in env["SPARK_MASTER_OPTS"].split()  # unauthenticated REST API off
     assert not any(SPARK_SECRET in v for k, v in env.items() if k != "_SPARK_AUTH_SECRET")
 
@@ -355,15 +369,41 @@ def test_entrypoint_worker_with_secret_and_insecure_mode(fake_spark, tmp_path):
     assert args[0] == "org.apache.spark.deploy.worker.Worker" and args[-1] == "spark://10.0.0.1:7077"
     assert args[args.index("--host") + 1] == "10.0.0.2" and not any(SPARK_SECRET in a for a in args)
     assert env["_SPARK_AUTH_SECRET"] == SPARK_SECRET and "-Dspark.authenticate=true" in env["SPARK_WORKER_OPTS"]
+    assert DAEMON_ENCRYPTION <= set(env["SPARK_WORKER_OPTS"].split())
 
     proc, args, env = fake_spark("worker", "spark://127.0.0.1:7077", SPARKVISION_INSECURE="1")
     assert proc.returncode == 0 and "WITHOUT authentication" in proc.stderr
     assert "_SPARK_AUTH_SECRET" not in env and "-Dspark.authenticate=false" in env["SPARK_WORKER_OPTS"]
+    assert "spark.network.crypto" not in env["SPARK_WORKER_OPTS"]  # encryption needs the authentication
     assert args[args.index("--host") + 1] == "127.0.0.1" and env["SPARK_LOCAL_IP"] == "127.0.0.1"
 
     proc, args, _ = fake_spark("worker", "spark://127.0.0.1:7077", SPARKVISION_SPARK_SECRET_FILE=str(secret),
                                SPARK_AUTH_SECRET="something-else")
     assert proc.returncode == 2 and args is None and "differ" in proc.stderr and "something-else" not in proc.stderr
+
+
+def test_local_cluster_daemons_start_with_authentication_and_encryption(tmp_path):
+    """infra/standalone/local-cluster.sh with a spark-class that records each daemon's environment."""
+    home, record, state = tmp_path / "spark", tmp_path / "record", tmp_path / "state"
+    (home / "bin").mkdir(parents=True)
+    record.mkdir()
+    stub = home / "bin" / "spark-class"
+    stub.write_text(f'#!/bin/sh\nenv -0 > "{record}/${{1##*.}}"\n'  # record/Master, record/Worker
+                    'echo "I have been elected leader"; echo "Successfully registered with master"\n')
+    stub.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in AUTH_ENV and not k.startswith(("SPARK_", "SPARKVISION_"))}
+    env = {**base, "SPARK_HOME": str(home), "PYSPARK_PYTHON": sys.executable, "SPARKVISION_WORKERS": "1"}
+    script = str(ROOT / "infra" / "standalone" / "local-cluster.sh")
+    try:
+        proc = subprocess.run(["bash", script, "start", str(state)], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        subprocess.run(["bash", script, "stop", str(state)], env=env, capture_output=True, timeout=60)
+    for daemon, var in (("Master", "SPARK_MASTER_OPTS"), ("Worker", "SPARK_WORKER_OPTS")):
+        daemon_env = dict(v.split("=", 1) for v in (record / daemon).read_text().split("\0") if "=" in v)
+        assert {"-Dspark.authenticate=true", *DAEMON_ENCRYPTION} <= set(daemon_env[var].split()), daemon
+        assert len(daemon_env["_SPARK_AUTH_SECRET"]) == 64
 
 
 # --- build-offline.sh: the Debian mirror from this machine's apt sources ------------------------------

@@ -3,6 +3,7 @@ Spark-free image model equal to the Spark featurizer + classifier (the real-serv
 test_mlflow_server.py, marked slow)."""
 
 import base64
+import json
 import subprocess
 import sys
 
@@ -148,3 +149,55 @@ def test_on_databricks_without_mlflow_the_default_tracking_only_warns(monkeypatc
     assert not tracking.enabled(cfg) and "not tracked" in caplog.text
     # Asked for explicitly (--register), a missing MLflow is an error later, not a silent skip.
     assert tracking.enabled(config.load(overrides=["mlflow.registered_model=main.vision.classifier"]))
+
+
+def test_an_alias_is_resolved_once_and_the_version_used_is_the_one_recorded(tmp_path, monkeypatch):
+    """``--model models:/NAME@alias``: the alias moves (a new champion) while the model is being fetched. The
+    version downloaded and put in the pipeline must be the one recorded (predict.json, stream's model column)."""
+    import mlflow
+
+    from sparkvision.models import weights
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # restored after the test
+    cfg = config.load()
+    client = tracking._mlflow(cfg).MlflowClient()
+    client.create_registered_model("m")
+    for v in ("1", "2"):
+        artifacts = tmp_path / f"v{v}" / "artifacts"
+        artifacts.mkdir(parents=True)
+        (artifacts / "classifier.json").write_text(json.dumps(
+            {"network": "efficientnet_lite0", "weights_sha256": v * 64, "classes": [f"class-of-v{v}"]}))
+        (artifacts / "weights.h5").write_bytes(b"weights")
+        assert str(client.create_model_version("m", source=str(tmp_path / f"v{v}")).version) == v
+    client.set_registered_model_alias("m", "champion", "1")
+
+    download, downloaded = mlflow.artifacts.download_artifacts, []
+
+    def alias_moves_first(artifact_uri, dst_path):
+        client.set_registered_model_alias("m", "champion", "2")
+        downloaded.append(artifact_uri)
+        return download(artifact_uri=artifact_uri, dst_path=dst_path)
+
+    saved = []
+
+    class Pipeline:  # what fetch_model saves, without Spark: the classifier.json it was built from
+        def __init__(self, info, cfg):
+            self.info = info
+
+        def write(self):
+            return self
+
+        overwrite = write
+
+        def save(self, dest):
+            saved.append(self.info)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", alias_moves_first)
+    monkeypatch.setattr(weights, "resolve_weights", lambda *args, **kwargs: None)
+    monkeypatch.setattr(tracking, "_pipeline_of", Pipeline)
+    source = tracking.fetch_model(cfg, "models:/m@champion", str(tmp_path / "model"))
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "2"  # the alias did move
+    assert downloaded == ["models:/m/1"] and source["version"] == "models:/m/1"
+    assert source["uri"] == "models:/m@champion" and source["classes"] == saved[0]["classes"] == ["class-of-v1"]
+    with pytest.raises(tracking.TrackingError, match="--model models:/m@nobody"):
+        tracking.fetch_model(cfg, "models:/m@nobody", str(tmp_path / "model"))

@@ -119,6 +119,52 @@ def test_redact_text(text, expected):
     assert secrets.looks_like_secret(text) == (text != expected)
 
 
+# (text, secret): the secret must not survive redaction; None: the text must come back unchanged.
+@pytest.mark.parametrize("text, secret", [
+    # URL userinfo: a bare token in http(s) URLs, a password holding a raw '@'
+    ("git clone https://ghtok0123456789@github.com/org/repo.git", "ghtok0123456789"),
+    ("pip install git+https://Tok3nValue42@git.example.com/o/r.git", "Tok3nValue42"),
+    ("GET http://Tok3nValue42@mirror.example.com:8080/w.h5 failed", "Tok3nValue42"),
+    ("postgresql://app:p@ss@db.example.com/x", "p@ss"),
+    ("jdbc:postgresql://app:s3cr@t@w0rd@db:5432/x?ssl=true", "s3cr@t@w0rd"),
+    # API-key and token headers
+    ("X-Api-Key: k3y-0123456789", "k3y-0123456789"),
+    ("curl -H 'api-key: k3y-0123456789' https://api.example.com/v1", "k3y-0123456789"),
+    ("x-auth-token:k3y-0123456789", "k3y-0123456789"),
+    ("PRIVATE-TOKEN: glpat-k3y0123456789", "glpat-k3y0123456789"),
+    ("{'X-Vault-Token': 'hvs.k3y0123456789', 'Accept': 'json'}", "hvs.k3y0123456789"),
+    # command-line options
+    ("mlflow server --password hunter2 --host 0.0.0.0", "hunter2"),
+    ("sparkvision-helper --token Tok3nValue42 run", "Tok3nValue42"),
+    ("tool --secret=Tok3nValue42", "Tok3nValue42"),
+    ("psql --db-password 'two words'", "two words"),
+    # must stay as they are
+    ("Labelled images, one sub-folder per class; write to user@example.com for access.", None),
+    ("/Volumes/a/b@c", None),
+    ("s3://bucket/key", None),
+    ("models:/name@champion", None),
+    ("spark.authenticate=true", None),
+    ("https://host/path", None),
+    ("https://host:8443/a/user@example.com?owner=bob@example.com", None),
+    ("git@github.com:org/repo.git", None),
+    ("ssh://git@github.com/org/repo.git", None),
+    ("abfss://container@account.dfs.core.windows.net/images", None),
+    ("--password-file /run/secrets/pw --token-file=/run/secrets/tok", None),
+    ("--max-tokens 100 --tokenizer bert --auth-type basic --no-password --verbose", None),
+    ("usage: mlflow [--password PASSWORD] [--token TOKEN]", None),
+    ("X-Api-Key-File: /run/secrets/key", None),
+    ("api-key: {{secrets/scope/key}}", None),
+    ("X-Api-Key: ***, https://***@host/x, --password ***", None),
+])
+def test_redaction_table(text, secret):
+    redacted = secrets.redact_text(text)
+    if secret is None:
+        assert redacted == text and not secrets.looks_like_secret(text)
+    else:
+        assert secret not in redacted and secrets.MASK in redacted
+        assert secrets.redact_text(redacted) == redacted  # idempotent: masked text is left alone
+
+
 def test_redact_data():
     cfg = {
         "network": {"mirror_url": "https://alice:tok@mirror/w", "weights": None, "download": True},

@@ -47,15 +47,21 @@ load_secret() {
   case $secret in *$'\n'*) echo "the Spark secret must be one line" >&2; exit 2 ;; esac
 }
 
-# Authentication for a daemon ($1: master|worker; $2: the name of its *_OPTS variable).
+# AES-based RPC encryption wherever authentication is on: the traffic (tasks, models, shuffle blocks,
+# results) is not readable or alterable on the network. Drivers and executors get the same settings
+# (sparkvision.deploy.auth.ENCRYPTION; tests/test_clusters.py keeps the two equal). Local-disk encryption
+# (spark.io.encryption.enabled) is left to the cluster spec: see ENCRYPTION's comment for why.
+RPC_ENCRYPTION="-Dspark.network.crypto.enabled=true -Dspark.network.crypto.cipher=AES/GCM/NoPadding -Dspark.network.crypto.authEngineVersion=2"
+
+# Authentication and encryption for a daemon ($1: master|worker; $2: the name of its *_OPTS variable).
 daemon_auth() {
   local role=$1 var=$2 opts
   load_secret
   if [ -n "$secret" ]; then
     export _SPARK_AUTH_SECRET=$secret  # read by Spark's SecurityManager; workers pass it on to executors
     unset SPARK_AUTH_SECRET secret
-    opts="-Dspark.authenticate=true"
-    echo "$role: Spark authentication on (shared secret from the environment)" >&2
+    opts="-Dspark.authenticate=true $RPC_ENCRYPTION"
+    echo "$role: Spark authentication and RPC encryption on (shared secret from the environment)" >&2
   elif [ "${SPARKVISION_INSECURE:-0}" = 1 ]; then
     unset _SPARK_AUTH_SECRET
     opts="-Dspark.authenticate=false"

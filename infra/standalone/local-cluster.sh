@@ -9,9 +9,9 @@
 # Environment: SPARK_MASTER_PORT (7077), SPARK_MASTER_WEBUI_PORT (8080), SPARKVISION_WORKERS (the
 # spec's workers), SPARKVISION_CLUSTER_SPEC (ci), PYSPARK_PYTHON (the python on PATH).
 #
-# Authentication is on (spark.authenticate): the daemons share the secret from SPARKVISION_SPARK_SECRET_FILE
-# or SPARK_AUTH_SECRET when one is set, else a new random one written to STATE_DIR/spark-secret (mode 0600,
-# removed by stop). Clients need the same: e.g.
+# Authentication (spark.authenticate) and RPC encryption (spark.network.crypto.*) are on: the daemons share
+# the secret from SPARKVISION_SPARK_SECRET_FILE or SPARK_AUTH_SECRET when one is set, else a new random one
+# written to STATE_DIR/spark-secret (mode 0600, removed by stop). Clients need the same: e.g.
 #   SPARKVISION_SPARK_SECRET_FILE=STATE_DIR/spark-secret sparkvision submit --master spark://127.0.0.1:7077 ...
 # The secret reaches the daemons in their environment (_SPARK_AUTH_SECRET), never as an argument or in a log.
 set -euo pipefail
@@ -79,9 +79,12 @@ fi
 [ -n "$secret" ] || { echo "the Spark secret is empty" >&2; exit 2; }
 export _SPARK_AUTH_SECRET=$secret  # Spark's SecurityManager reads it; workers pass it on to their executors
 unset secret SPARK_AUTH_SECRET
+# AES-based RPC encryption with the authentication, as in infra/docker/entrypoint.sh: the same settings as
+# the drivers' and executors' (sparkvision.deploy.auth.ENCRYPTION; tests/test_clusters.py checks it).
+crypto="-Dspark.network.crypto.enabled=true -Dspark.network.crypto.cipher=AES/GCM/NoPadding -Dspark.network.crypto.authEngineVersion=2"
 # The master's REST submission server (on by default since Spark 4.1, port 6066) authenticates nobody.
-export SPARK_MASTER_OPTS="${SPARK_MASTER_OPTS:-} -Dspark.authenticate=true -Dspark.master.rest.enabled=false"
-export SPARK_WORKER_OPTS="${SPARK_WORKER_OPTS:-} -Dspark.authenticate=true"
+export SPARK_MASTER_OPTS="${SPARK_MASTER_OPTS:-} -Dspark.authenticate=true $crypto -Dspark.master.rest.enabled=false"
+export SPARK_WORKER_OPTS="${SPARK_WORKER_OPTS:-} -Dspark.authenticate=true $crypto"
 
 setsid "$SPARK_HOME/bin/spark-class" org.apache.spark.deploy.master.Master --host 127.0.0.1 --port "$port" \
   --webui-port "${SPARK_MASTER_WEBUI_PORT:-8080}" >"$state/master.log" 2>&1 &

@@ -75,14 +75,35 @@ _PATHLIKE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?(?:/|~|\.{1,2}/|[A-Za-z]:\\)|[/
 
 # --- values ---------------------------------------------------------------------------------------
 
-# URL userinfo with a password: scheme://user:password@host (abfss://container@account has none).
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s@:?#'\"]*:[^/\s@?#'\"]+)@")
+# URL userinfo with a password: scheme://user:password@host (abfss://container@account has none). The
+# authority ends at the first / ? # or blank and its host follows the LAST '@' in it (RFC 3986), so a
+# password with a raw '@' (postgresql://u:p@ss@h) is masked whole, not cut at its '@'.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s@:?#'\"]*:[^/\s?#'\"]+)@")
+# http(s) userinfo without a colon: the way a token is put in a URL (https://<token>@github.com/...,
+# git+https://<token>@host for pip). Other schemes' bare userinfo names a container or an account
+# (abfss://container@account..., ssh://git@host), not a secret.
+_HTTP_USERINFO = re.compile(r"(?P<scheme>(?<![\w.+-])(?:[A-Za-z0-9.-]+\+)?https?://)(?P<userinfo>[^/\s:?#'\"]+)@",
+                            re.IGNORECASE)
 _PEM = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
     r"(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|.*)",
     re.DOTALL,
 )
 _AUTH_HEADER = re.compile(r"(?P<name>\bauthorization\b[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\r\n\"',}]+)", re.IGNORECASE)
+# Headers whose value is a single token: X-Api-Key, api-key, X-Auth-Token, PRIVATE-TOKEN (GitLab),
+# X-Vault-Token, X-Amz-Security-Token... written as "Name: value" in logs, curl commands and dict reprs.
+# (``name=value`` is :data:`_ASSIGNMENT`'s.) Not after '/': https://x-access-token:...@host is userinfo.
+_TOKEN_HEADER = re.compile(
+    r"(?P<name>(?<![\w/.-])(?:[A-Za-z0-9]+-)*(?:api[-_]?key|(?:auth|access|private|session|security|vault)[-_]token"
+    r"|x-token)[\"']?\s*:\s*[\"']?)(?P<value>\{\{[^{}\s]*\}\}|[^\s\"',;}]+)",
+    re.IGNORECASE,
+)
+# A credential given as a command-line option: --password x, --token=x, --db-password "x y". A value
+# that starts with '-' is the next option (argparse reads it so too), not the value.
+_OPTION = re.compile(
+    r"(?P<flag>(?<![\w-])--(?P<name>[A-Za-z][\w.-]*))(?P<sep>=|[ \t]+)"
+    r"(?P<value>\"[^\"\r\n]*\"|'[^'\r\n]*'|[^\s\"'-][^\s\"'\]),;]*)"
+)
 _BEARER = re.compile(r"(?P<name>\b(?:Bearer|Basic|Token)\s+)(?P<value>[A-Za-z0-9._~+/-]{16,}=*)")
 _SIMPLE_VALUES = [
     re.compile(r"\bdapi[0-9a-f]{32}(?:-\d+)?\b"),                              # Databricks personal access token
@@ -139,16 +160,33 @@ def _sub_assignment(m: re.Match) -> str:
     return f"{key}{m.group('sep')}{m.group('quote')}{MASK}"
 
 
+def _sub_header(m: re.Match) -> str:
+    """Masks a token header's value unless it is a reference, a switch or already masked (``api-key: true``)."""
+    return m.group("name") + MASK if is_secret_setting(m.group("name"), m.group("value")) else m.group(0)
+
+
+def _sub_option(m: re.Match) -> str:
+    """Masks ``--NAME VALUE`` when NAME names a credential: not ``--password-file /run/pw``, ``--max-tokens 5``,
+    nor a usage line's ``--password PASSWORD`` (argparse's metavar, which help texts and errors quote)."""
+    name, value = m.group("name"), m.group("value").strip("\"'")
+    if value == name.upper().replace("-", "_") or not is_secret_setting(name, value):
+        return m.group(0)
+    return f"{m.group('flag')}{m.group('sep')}{MASK}"
+
+
 def redact_text(text: str) -> str:
     """``text`` with credentials replaced by ``***``: URL userinfo (``https://***@host``), private keys,
-    tokens and keys (Databricks, AWS, GitHub, JWT, Azure...), signed query strings, Authorization
-    headers and ``password=...``-style assignments."""
+    tokens and keys (Databricks, AWS, GitHub, JWT, Azure...), signed query strings, Authorization and
+    API-key headers, ``--password x`` options and ``password=...``-style assignments."""
     if not text or not isinstance(text, str):
         return text
     text = _PEM.sub(MASK, text)
     text = _AUTH_HEADER.sub(lambda m: m.group("name") + MASK, text)
+    text = _TOKEN_HEADER.sub(_sub_header, text)
     text = _BEARER.sub(lambda m: m.group("name") + MASK if _token_like(m.group("value")) else m.group(0), text)
     text = _USERINFO.sub(lambda m: m.group("scheme") + MASK + "@", text)
+    text = _HTTP_USERINFO.sub(lambda m: m.group("scheme") + MASK + "@", text)
+    text = _OPTION.sub(_sub_option, text)
     for pattern in _SIMPLE_VALUES:
         text = pattern.sub(MASK, text)
     text = _AWS_SECRET.sub(lambda m: MASK if _random_looking(m.group(0)) else m.group(0), text)

@@ -484,14 +484,16 @@ def is_model_uri(path: str) -> bool:
 def fetch_model(cfg: Config, uri: str, dest: str) -> dict:
     """Download a registered (pyfunc) model and put its Spark pipeline at ``dest`` (a folder on the
     output's storage, which the cluster can read) and its weights file in the weights cache, so
-    ``predict`` runs exactly as with a folder. Returns what was fetched (for ``predict.json``)."""
+    ``predict`` runs exactly as with a folder. Returns what was fetched (for ``predict.json``): ``version``
+    is the ``models:/NAME/N`` that was downloaded, a ``models:/NAME@alias`` being resolved once, before."""
     from .models import registry
     from .models.weights import resolve_weights
 
     mlflow = _mlflow(cfg)
+    version = _pinned(mlflow, uri)
     with tempfile.TemporaryDirectory(prefix="sparkvision-fetch-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(artifact_uri=version or uri, dst_path=tmp)
         except Exception as exc:  # noqa: BLE001
             raise TrackingError(f"--model {uri}: {type(exc).__name__}: {_shown(str(exc))[:500]}") from None
         artifacts = Path(local, "artifacts")
@@ -506,20 +508,24 @@ def fetch_model(cfg: Config, uri: str, dest: str) -> dict:
                         allow_download=False, expected_sha256=info["weights_sha256"])
         storage.delete(dest)
         _pipeline_of(info, cfg).write().overwrite().save(dest)
-    return {"uri": uri, "version": _version_of(mlflow, uri), "network": info["network"],
+    return {"uri": uri, "version": version, "network": info["network"],
             "weights_sha256": info["weights_sha256"], "classes": info["classes"]}
 
 
-def _version_of(mlflow, uri: str) -> str | None:
-    """``models:/NAME/N`` for a registered model's URI (an alias resolved now), else None."""
+def _pinned(mlflow, uri: str) -> str | None:
+    """``models:/NAME/N`` for a registered model's URI, its alias resolved here, once; None for other URIs
+    (``runs:/...``). The caller downloads this exact version and records it: resolving the alias again
+    after the download would record another version than the one used if the alias moved meanwhile."""
     m = re.match(r"^models:/([^/@]+)(?:@(.+)|/(\d+))$", uri)
     if not m:
         return None
     name, alias, number = m.groups()
-    if number:
-        return f"models:/{name}/{number}"
-    version = _by_alias(mlflow.MlflowClient(), name, alias)
-    return f"models:/{name}/{version.version}" if version is not None else None
+    if alias:
+        try:
+            number = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+        except Exception as exc:  # noqa: BLE001 - MlflowException: no such model or alias, server unreachable
+            raise TrackingError(f"--model {uri}: {type(exc).__name__}: {_shown(str(exc))[:500]}") from None
+    return f"models:/{name}/{number}"
 
 
 def _pipeline_of(info: dict, cfg: Config):

@@ -33,6 +33,12 @@ What Spark 4.3 needs on each side (checked against real daemons; see tests/test_
   spark.authenticate.secret config"). The secret is therefore set in-process
   (:func:`configure_session`) after the JVM is up and before the SparkContext starts, never as
   ``--conf`` of spark-submit (visible in ``ps``); Spark's UI and event logs redact it.
+
+Authentication alone leaves the traffic in clear: task closures, broadcast models, shuffle blocks and
+results (images, features, predictions) cross the cluster network readable by anyone on it. Wherever
+authentication is on, so is Spark's AES-based RPC encryption (:data:`ENCRYPTION`): on the daemons' command
+lines (the same two scripts), in the driver's SparkConf (:func:`session_conf`, :func:`submit_conf`), and
+so in the executors, which Spark starts with the driver's ``spark.network.*`` settings.
 """
 
 from __future__ import annotations
@@ -53,6 +59,23 @@ INSECURE_ENV = "SPARKVISION_INSECURE"
 SPARK_DAEMON_SECRET_ENV = "_SPARK_AUTH_SECRET"
 AUTHENTICATE = "spark.authenticate"
 SECRET_CONF = "spark.authenticate.secret"
+#: AES-based RPC encryption (Spark's security guide, "Encryption"), which needs ``spark.authenticate``.
+#: Every party must use the same values: the daemon scripts (infra/docker/entrypoint.sh,
+#: infra/standalone/local-cluster.sh) repeat them, and tests/test_clusters.py checks that they do.
+#: AES-GCM, not the default AES-CTR: CTR is not authenticated, so someone on the network could alter
+#: RPCs (tasks, results) undetected; engine version 2 derives the session key with a final HKDF round that
+#: version 1 (the default, for older peers) skips. Both are what Spark's security guide recommends.
+#:
+#: Local-disk encryption (``spark.io.encryption.enabled``: shuffle files, spills, disk-cached and broadcast
+#: blocks) is left off: it guards against reading a worker's disk, and whoever can read that disk can
+#: also read the daemon's environment (the shared secret) and the job's inputs and outputs on the shared
+#: storage, which it does not cover; it would cost an encryption pass over every shuffle and spill byte.
+#: A cluster that wants it sets it in its spec's ``spark_conf`` (its key then travels encrypted).
+ENCRYPTION = {
+    "spark.network.crypto.enabled": "true",
+    "spark.network.crypto.cipher": "AES/GCM/NoPadding",
+    "spark.network.crypto.authEngineVersion": "2",
+}
 HOW = (f"set {SECRET_FILE_ENV} to a file holding the cluster's shared secret (e.g. a Docker/Kubernetes secret "
        f"mounted at /run/secrets/spark_secret) or {SECRET_ENV} to the secret itself")
 
@@ -109,8 +132,9 @@ def read_secret(environ: Mapping[str, str] | None = None) -> str | None:
 
 def session_conf(master: str | None, authenticate: bool = False,
                  environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Spark settings a driver for ``master`` needs: authentication on, with the secret, when ``master`` is
-    ``spark://`` and a secret is configured; ``{}`` otherwise (local masters need none).
+    """Spark settings a driver for ``master`` needs: authentication on, with the secret, and RPC encryption
+    (:data:`ENCRYPTION`) when ``master`` is ``spark://`` and a secret is configured; ``{}`` otherwise
+    (local masters need none).
 
     ``authenticate``: the session already asks for ``spark.authenticate=true``; then a missing secret is an
     error naming what to set, instead of Spark's own. The result holds the secret: set it on the SparkConf
@@ -123,7 +147,7 @@ def session_conf(master: str | None, authenticate: bool = False,
         if authenticate:
             raise AuthError(f"spark.authenticate=true for {master} but no shared secret is configured: {HOW}")
         return {}
-    return {AUTHENTICATE: "true", SECRET_CONF: secret}
+    return {AUTHENTICATE: "true", SECRET_CONF: secret, **ENCRYPTION}
 
 
 def configure_session(conf, environ: Mapping[str, str] | None = None) -> bool:
@@ -144,7 +168,8 @@ def configure_session(conf, environ: Mapping[str, str] | None = None) -> bool:
 
 
 def submit_conf(master: str, insecure: bool | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """What spark-submit's command line gets for ``master``: ``spark.authenticate=true`` (never the secret).
+    """What spark-submit's command line gets for ``master``: ``spark.authenticate=true`` and :data:`ENCRYPTION`
+    (never the secret).
 
     The driver process inherits the environment and reads the secret itself (:func:`configure_session`).
     Submitting to a ``spark://`` master without a secret raises, unless ``insecure`` (default: the
@@ -153,7 +178,7 @@ def submit_conf(master: str, insecure: bool | None = None, environ: Mapping[str,
     if not is_standalone(master):
         return {}
     if read_secret(environ) is not None:
-        return {AUTHENTICATE: "true"}
+        return {AUTHENTICATE: "true", **ENCRYPTION}
     if insecure is None:
         insecure = insecure_allowed(environ)
     if insecure:

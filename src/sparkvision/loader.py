@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import Iterator, Tuple
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -30,6 +32,8 @@ from . import images as imglib
 from . import listing, storage
 from .layout import join
 from .columns import CONTENT, HEIGHT, IMAGE_COLUMNS, IMAGE_ID, LABEL, LABEL_INDEX, PATH, REASON, REJECTED_COLUMNS, WIDTH
+
+log = logging.getLogger(__name__)
 
 READ_SCHEMA = T.StructType([
     T.StructField(CONTENT, T.BinaryType()),
@@ -45,6 +49,25 @@ ENTRY_SCHEMA = T.StructType([
 ])
 # Bytes of candidate images per read task (tasks are balanced by count; this only sets how many).
 BYTES_PER_TASK = 128 * 2**20
+# Bytes of image content per Arrow batch a read task hands back to Spark: each batch is one buffer in the
+# JVM, and Spark's 64 rows a batch would be 150 MB of 12 MP photos.
+READ_BATCH_BYTES = 16 * 2**20
+# images.parquet's row groups, bounded by bytes. Parquet's writer first measures a row group (and a page)
+# after `parquet.page.size.row.check.min` rows, 100 by default: a read task's ~50 photos (128 MB) became
+# one page, compressed into one growing array (a heap OOM in a 1 GB driver at 200 12 MP photos). Measured
+# after every row, a row group closes under 16 MB and a page holds one photo. Readers gain as much: Spark
+# reads a row group whole, and its vectorized reader never fills a batch across two (featurize sizes its
+# batches too, for tables written before). Dictionaries and min/max statistics of image bytes are of no
+# use (every value distinct, never filtered on): off for `content`.
+IMAGE_ROW_GROUP_BYTES = 16 * 2**20
+IMAGE_PARQUET_OPTIONS = {
+    "parquet.block.size": str(IMAGE_ROW_GROUP_BYTES),
+    "parquet.page.size": str(2**20),
+    "parquet.page.size.row.check.min": "1",
+    "parquet.page.size.row.check.max": "1",
+    f"parquet.enable.dictionary#{CONTENT}": "false",
+    f"parquet.column.statistics.enabled#{CONTENT}": "false",
+}
 ACCEPTED = "accepted"  # the staging table's partition column (images.parquet / rejected rows)
 
 
@@ -201,12 +224,27 @@ def read_and_check(path: str, max_bytes: int, max_pixels: int, validate: str = "
     return (None, None, None, why) if why else (data, width, height, None)
 
 
-def _read_udf(max_bytes: int, max_pixels: int, validate: str):
-    @F.pandas_udf(READ_SCHEMA)
-    def read(paths: pd.Series, reasons: pd.Series) -> pd.DataFrame:
-        rows = [(None, None, None, why) if why is not None else read_and_check(p, max_bytes, max_pixels, validate)
-                for p, why in zip(paths, reasons)]
+def _read_udf(max_bytes: int, max_pixels: int, validate: str, batch_bytes: int = READ_BATCH_BYTES):
+    """The read-and-check UDF. An iterator UDF: its output batches are cut by bytes (``batch_bytes`` of
+    content, at least one row), not by Spark's input batches of paths."""
+    def frame(rows: list) -> pd.DataFrame:
         return pd.DataFrame(rows, columns=READ_SCHEMA.fieldNames()).astype({WIDTH: "Int32", HEIGHT: "Int32"})
+
+    @F.pandas_udf(READ_SCHEMA)
+    def read(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        rows: list = []
+        held = 0
+        for paths, reasons in batches:
+            for p, why in zip(paths, reasons):
+                row = ((None, None, None, why) if why is not None
+                       else read_and_check(p, max_bytes, max_pixels, validate))
+                rows.append(row)
+                held += len(row[0] or b"")
+                if held >= batch_bytes:
+                    yield frame(rows)
+                    rows, held = [], 0
+        if rows:
+            yield frame(rows)
 
     return read
 
@@ -289,7 +327,8 @@ def stage(spark: SparkSession, inv: Inventory, data_cfg: dict, target: str) -> S
     """Read, check and write every entry once, to a staging folder beside ``target`` partitioned into
     accepted and rejected rows (no image is read twice); then the checks of :func:`_summarize`."""
     classes = class_names(inv)
-    tmp = storage.staged_parquet(_checked(spark, inv, data_cfg, classes), target, partition_by=ACCEPTED)
+    tmp = storage.staged_parquet(_checked(spark, inv, data_cfg, classes), target, IMAGE_PARQUET_OPTIONS,
+                                 partition_by=ACCEPTED)
     try:
         # A partition column reads back as a string ('false' is truthy): typed again before it is counted.
         staged = spark.read.parquet(tmp).withColumn(ACCEPTED, F.col(ACCEPTED).cast("boolean"))
@@ -316,6 +355,55 @@ def load_images(spark: SparkSession, data_cfg: dict) -> LoadResult:
     images = table.filter(F.col(ACCEPTED)).select(*IMAGE_COLUMNS)
     rejected = table.filter(~F.col(ACCEPTED)).select(*REJECTED_COLUMNS)
     return LoadResult(images, rejected, classes, len(inv.rows), n_accepted, n_rejected)
+
+
+def _data_files(uri: str) -> list[tuple[str, int]]:
+    """``(path, size)`` of a Parquet table's data files (Spark's names: not ``_*`` or ``.*``), any depth."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage.filesystem(uri)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    return [(info.path, info.size) for info in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            if info.type == pafs.FileType.File and not info.base_name.startswith(("_", "."))
+            and not any(part.startswith(("_", ".")) and "=" not in part
+                        for part in info.path[len(root):].strip("/").split("/")[:-1])]
+
+
+def image_bytes_per_row(uri: str, rows: int | None = None) -> float | None:
+    """Mean bytes per row of an image table (``images.parquet``): its data files' sizes over ``rows``
+    (``load.json`` knows them), else over the row counts in the files' footers. Image bytes do not compress,
+    so a file's size is its content's; ``None`` where the table cannot be measured."""
+    try:
+        files = _data_files(uri)
+        if not files:
+            return None
+        if not rows:
+            import pyarrow.parquet as pq
+
+            fs, _ = storage.filesystem(uri)
+            rows = 0
+            for path, _size in files:
+                with fs.open_input_file(path) as f:
+                    rows += pq.ParquetFile(f).metadata.num_rows
+        total = sum(size for _, size in files)
+        return total / rows if rows else None
+    except Exception as exc:  # noqa: BLE001 - a size is a tuning input only: the caller's default applies
+        log.warning("could not measure %s (%s)", uri, exc)
+        return None
+
+
+def image_read_settings(spark: SparkSession, uri: str, rows: int | None = None) -> dict[str, str]:
+    """Session settings for the queries that read the image table at ``uri`` (content included): batches of
+    about :data:`sparkvision.spark.IMAGE_BATCH_BYTES`, by its measured bytes per row. For
+    :func:`sparkvision.spark.scoped_conf`, around those queries' actions only."""
+    from .spark import image_batch_settings
+
+    per_row = image_bytes_per_row(uri, rows)
+    settings = image_batch_settings(spark, per_row)
+    log.info("reading %s in batches of %s rows (%s a row)", uri, settings[next(iter(settings))],
+             f"{per_row / 2**20:.2f} MB" if per_row else "size unknown")
+    return settings
 
 
 def classes_of(df: DataFrame, column: str = LABEL_INDEX) -> list[str]:

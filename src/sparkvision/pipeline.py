@@ -24,7 +24,7 @@ from .columns import (CONTENT, FEATURE_COLUMNS, FEATURES, FEATURIZE_ERROR, IMAGE
 from .config import Config, dump
 from .featurizer import DeepImageFeaturizer
 from .layout import EvaluationLayout, PredictionLayout, RunLayout
-from .spark import default_parallelism, describe_jobs, gpu_tasks, is_remote, num_partitions
+from .spark import default_parallelism, describe_jobs, gpu_tasks, is_remote, num_partitions, scoped_conf
 from .split import TEST, TRAIN, split_report, stratified_split
 from .train import assemble, classify_features, tune
 
@@ -145,6 +145,8 @@ def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
     lay = layout_of(cfg)
     load = provenance.check_inputs(lay, "featurize")
     images = spark.read.parquet(lay.images)
+    # Its rows are photos: the queries reading them run with batches sized by bytes (set, then put back).
+    image_reads = loader.image_read_settings(spark, lay.images, load.get("accepted"))
     featurizer = make_featurizer(cfg)
     featurizer.resolveWeights()
     spec = featurizer.spec()
@@ -166,7 +168,8 @@ def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
         counts, F.count(F.lit(1)).alias("images"), F.count_if(failed).alias("failed"),
         F.first(F.when(failed, F.concat_ws(": ", IMAGE_ID, FEATURIZE_ERROR)), ignorenulls=True).alias("example"))
     # Saving the featurizer's parameters is a small Spark job of its own: run it beside the big one.
-    with _beside(spark, storage.save_ml, featurizer, lay.featurizer, marker) as saved:
+    with scoped_conf(spark, image_reads), \
+            _beside(spark, storage.save_ml, featurizer, lay.featurizer, marker) as saved:
         features_tmp = storage.staged_parquet(featurized.select(*FEATURE_COLUMNS), lay.features,
                                               storage.VECTOR_PARQUET_OPTIONS, marker)
     featurizer_tmp = saved[0]
@@ -177,7 +180,7 @@ def stage_featurize(spark: SparkSession, cfg: Config) -> dict:
             raise RuntimeError(f"featurize: none of the {n} images could be decoded, e.g. {counts.get['example']}")
         if missing:
             features_tmp = _without_unusable(spark, lay, featurizer, features_tmp, marker)
-        _sync_rejected(spark, lay, featurizer if missing else None, features_tmp)
+        _sync_rejected(spark, lay, featurizer if missing else None, features_tmp, image_reads)
     except BaseException:
         for tmp in (features_tmp, featurizer_tmp):
             storage.delete(tmp)
@@ -226,7 +229,7 @@ def _without_unusable(spark: SparkSession, lay: RunLayout, featurizer: DeepImage
 
 
 def _sync_rejected(spark: SparkSession, lay: RunLayout, featurizer: DeepImageFeaturizer | None,
-                   features_tmp: str) -> None:
+                   features_tmp: str, image_reads: dict[str, str] | None = None) -> None:
     """``rejected.*`` = load's rows + this featurize's undecodable images with their reasons (a previous
     featurize's rows replaced). Nothing to do, and nothing read or rewritten, when neither has any (the
     previous featurize's record says how many it added; without a record, the table is looked at)."""
@@ -246,7 +249,8 @@ def _sync_rejected(spark: SparkSession, lay: RunLayout, featurizer: DeepImageFea
             IMAGE_ID, PATH, LABEL, F.concat(F.lit(FEATURIZE_REJECTED),
                                             F.coalesce(F.col(FEATURIZE_ERROR), F.lit("could not be featurized"))
                                             ).alias(REASON)))
-    storage.write_parquet(rows, lay.rejected, marker=storage.read_marker(lay.rejected))
+    with scoped_conf(spark, image_reads if featurizer is not None else None):  # reads images.parquet again
+        storage.write_parquet(rows, lay.rejected, marker=storage.read_marker(lay.rejected))
     storage.write_csv(spark.read.parquet(lay.rejected).orderBy(IMAGE_ID), lay.rejected_csv)
 
 

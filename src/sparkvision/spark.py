@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .network import QUIET_ENV
 
@@ -15,6 +17,8 @@ log = logging.getLogger(__name__)
 # Batches are bounded by rows *and* bytes: encoded images are large, decoded ones ~10x larger. Spark's
 # own row counts (4,096 per Parquet read batch, 10,000 per Arrow batch) are meant for narrow rows: at
 # 1 MB a row they exhaust a 1 GB heap. The featurizer regroups rows into full network batches anyway.
+# 256 rows a Parquet batch is still 640 MB of 12 MP photos: featurize reads images.parquet with row
+# counts sized from its bytes per row (image_batch_settings below).
 # Cached feature rows (10 KB at 1280 wide) likewise: Spark builds a cache batch of 10,000 rows at once,
 # and two such batches exhausted a 1 GB heap while training on 50,000 images; 1,024 rows keep it ~10 MB.
 SESSION_DEFAULTS = {
@@ -153,6 +157,86 @@ def bound_arrow_batches(spark) -> None:
                 log.info("set %s=%s for image rows (this session had Spark's default)", key, SESSION_DEFAULTS[key])
         except Exception:  # noqa: BLE001 - a conf this session cannot read or set (some Connect servers)
             pass
+
+
+# ---- batches of image rows, sized by bytes -----------------------------------------------------------------
+
+PARQUET_BATCH_ROWS = "spark.sql.parquet.columnarReaderBatchSize"
+ARROW_BATCH_ROWS = "spark.sql.execution.arrow.maxRecordsPerBatch"
+SPARK_DEFAULT_ROWS = {PARQUET_BATCH_ROWS: 4096, ARROW_BATCH_ROWS: 10_000}
+# Bytes of image rows in one batch of a task. Both counts are rows, and each batch is one contiguous buffer
+# per column that grows by doubling and is kept for the task: Parquet's vectorized reader fills a batch (Spark
+# 4.3's Arrow UDF input takes that batch as it is, and turns the UDF's output rows back into batches of
+# maxRecordsPerBatch rows), and rows go to Python in Arrow batches. Several such buffers per task, two
+# tasks per GB of heap: 16 MB keeps them a small part of it.
+IMAGE_BATCH_BYTES = 16 * 2**20
+# Where the bytes per row are not known: rows of a few MB each, as photos are.
+UNKNOWN_BATCH_ROWS = 8
+
+
+def batch_rows(bytes_per_row: float | None, budget: int = IMAGE_BATCH_BYTES, most: int = 4096) -> int:
+    """Rows per batch so that a batch holds about ``budget`` bytes: at least 1, at most ``most``;
+    :data:`UNKNOWN_BATCH_ROWS` when ``bytes_per_row`` is not known."""
+    if not bytes_per_row or bytes_per_row <= 0:
+        return max(1, min(most, UNKNOWN_BATCH_ROWS))
+    return max(1, min(most, int(budget // bytes_per_row)))
+
+
+def batch_budget(spark) -> int:
+    """:data:`IMAGE_BATCH_BYTES`, less in a local session whose heap is small for its cores (every task runs
+    in the driver's heap there: 1 GB shared by 16 tasks is 4 MB a batch, not 16). Clusters: the setting."""
+    budget = IMAGE_BATCH_BYTES
+    try:
+        master = "" if is_remote(spark) else spark.sparkContext.master
+    except Exception:  # noqa: BLE001 - a session without a readable master: the setting as it is
+        master = ""
+    if master.startswith("local"):
+        heap = driver_heap_bytes(spark)
+        if heap:
+            budget = min(budget, heap // (16 * max(1, default_parallelism(spark))))
+    return max(budget, 2**20)
+
+
+def _conf_rows(spark, key: str) -> int:
+    try:
+        value = spark.conf.get(key, None)
+        return int(value) if value is not None and int(value) > 0 else SPARK_DEFAULT_ROWS[key]
+    except Exception:  # noqa: BLE001 - a conf this session cannot read (some Connect servers): Spark's default
+        return SPARK_DEFAULT_ROWS[key]
+
+
+def image_batch_settings(spark, bytes_per_row: float | None) -> dict[str, str]:
+    """The session settings that bound a read of image rows (``bytes_per_row`` each) by bytes: the Parquet
+    read batch and the Arrow batch to Python, in rows, never more than the session's own."""
+    rows = batch_rows(bytes_per_row, batch_budget(spark))
+    return {key: str(min(rows, _conf_rows(spark, key))) for key in (PARQUET_BATCH_ROWS, ARROW_BATCH_ROWS)}
+
+
+@contextmanager
+def scoped_conf(spark, settings: dict[str, str] | None) -> Iterator[None]:
+    """Runtime settings for the actions run inside the ``with`` only: each is set, and put back on the way out
+    (unset where it was unset), also when the body raises. Spark reads these when a query executes, so the
+    actions that must see them run inside. A setting this session refuses (some Connect servers) is skipped."""
+    before: dict[str, str | None] = {}
+    try:
+        for key, value in (settings or {}).items():
+            try:
+                previous = spark.conf.get(key, None)
+                spark.conf.set(key, value)
+            except Exception as exc:  # noqa: BLE001 - refused by the server: the job runs with its value
+                log.warning("could not set %s=%s for this read (%s)", key, value, exc)
+                continue
+            before[key] = previous
+        yield
+    finally:
+        for key, previous in before.items():
+            try:
+                if previous is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, previous)
+            except Exception as exc:  # noqa: BLE001 - logged; nothing else to do
+                log.warning("could not restore %s (%s)", key, exc)
 
 
 def spark_from_config(cfg, verbose: bool = False):

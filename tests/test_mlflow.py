@@ -154,7 +154,7 @@ def test_on_databricks_without_mlflow_the_default_tracking_only_warns(monkeypatc
 def test_an_alias_is_resolved_once_and_the_version_used_is_the_one_recorded(tmp_path, monkeypatch):
     """``--model models:/NAME@alias``: the alias moves (a new champion) while the model is being fetched. The
     version downloaded and put in the pipeline must be the one recorded (predict.json, stream's model column)."""
-    import mlflow
+    mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'sparkvision[mlflow]')")
 
     from sparkvision.models import weights
 

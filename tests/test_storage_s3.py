@@ -7,9 +7,8 @@ it, with nothing written to a local path.
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 
@@ -24,12 +23,13 @@ BUCKET = "sparkvision-runs"
 
 @pytest.fixture(scope="module")
 def s3_server():
-    server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
-    if server is None:
+    # `python -m moto.server`, not the moto_server script: the image installs the test packages with
+    # pip --target, which puts scripts where no PATH looks
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
         pytest.skip("moto's server is not installed (pip install 'moto[server]'; the test extra has it)")
     port = free_port()
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert wait_for_port(port, 30), "moto's S3 server did not start"
     yield f"http://127.0.0.1:{port}"
     proc.terminate()

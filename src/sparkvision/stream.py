@@ -250,6 +250,13 @@ def _ms_to_time(ms: int | None):
     return None if ms is None else datetime.datetime.fromtimestamp(ms / 1000)
 
 
+def _rejected_rows(spark: SparkSession, rows: list[tuple], root: str) -> DataFrame:
+    """``(path, path, reason, arrived_at)`` tuples found by the driver as rows of the rejected table."""
+    df = spark.createDataFrame(rows, _REJECTED_ROW)
+    return (df.withColumn(IMAGE_ID, image_id(F.col(PATH), root)).withColumn(PROCESSED, F.current_timestamp())
+            .select(IMAGE_ID, PATH, REASON, ARRIVED, PROCESSED))
+
+
 class BatchSink:
     """``foreachBatch``: one micro-batch predicted and committed exactly once (see the module docstring)."""
 
@@ -307,9 +314,8 @@ class BatchSink:
             rejected = unusable.select(IMAGE_ID, PATH, F.coalesce(_CHECKED, REASON).alias(REASON), ARRIVED, PROCESSED)
             unread = self._unread(predictions, rejected, batch_id)
             hidden = self.unlisted_rows()
-            extra = predictions.sparkSession.createDataFrame([r for r, _ in unread + hidden], _REJECTED_ROW)
             rejected = rejected.unionByName(
-                extra.withColumn(IMAGE_ID, image_id(F.col(PATH), self.root)).withColumn(PROCESSED, F.current_timestamp()))
+                _rejected_rows(predictions.sparkSession, [r for r, _ in unread + hidden], self.root))
             counts = self._write(batch_id, predictions, rejected, [p for _, p in hidden])
         seconds = time.time() - started
         log.info("stream: batch %d: %d predicted, %d rejected in %.1f s (%.1f files/s); arrival-to-prediction lag "
@@ -407,9 +413,7 @@ def sweep_unlisted(spark: SparkSession, sink: BatchSink) -> int:
         return 0
     ids = [int(c["batch_id"]) for c in commit_records(sink.lay)]
     batch_id = min([0] + ids) - 1
-    rows = spark.createDataFrame([r for r, _ in hidden], _REJECTED_ROW)
-    rows = rows.withColumn(IMAGE_ID, image_id(F.col(PATH), sink.root)).withColumn(PROCESSED, F.current_timestamp())
-    rejected = rows.select(IMAGE_ID, PATH, REASON, ARRIVED, PROCESSED)
+    rejected = _rejected_rows(spark, [r for r, _ in hidden], sink.root)
     write_partition(sink.lay, "rejected", rejected, batch_id, sink.cfg["stream"]["format"], sink.app_id)
     counts = {"predicted": 0, "rejected": len(hidden)}
     commit(sink.lay, batch_id, counts, sink.model_name, sink.query(), sink.checkpoint, [p for _, p in hidden])

@@ -35,7 +35,7 @@ test-spark40: setup-spark40 photos
 	PYSPARK_PYTHON=$(abspath $(VENV40))/bin/python PYSPARK_DRIVER_PYTHON=$(abspath $(VENV40))/bin/python \
 		$(VENV40)/bin/python -m pytest -m "not slow"
 	PYSPARK_PYTHON=$(abspath $(VENV40))/bin/python PYSPARK_DRIVER_PYTHON=$(abspath $(VENV40))/bin/python \
-		$(VENV40)/bin/python -m pytest -m slow tests/test_stream.py
+		$(VENV40)/bin/python -m pytest -m slow tests/stages/test_stream.py
 
 demo: setup
 	$(VENV)/bin/sparkvision run

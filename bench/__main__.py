@@ -31,7 +31,7 @@ GRID = {"reg_param": [0.01, 0.1, 1.0], "elastic_net_param": [0.0, 0.5, 1.0], "ma
 
 
 def default_models() -> list[str]:
-    from sparkvision.models import registry
+    from sparkvision.ml.models import registry
 
     return [s.name for s in registry.MODELS.values() if s.offline] + list(RANDOM_WEIGHTS_MODELS)
 
@@ -62,8 +62,8 @@ def log(msg: str) -> None:
 
 
 def featurize(opts: argparse.Namespace) -> dict:
-    from sparkvision import config
-    from sparkvision.models import registry
+    from sparkvision import settings as config
+    from sparkvision.ml.models import registry
 
     defaults = config.defaults()
     batch = opts.batch_size or defaults["featurize"]["batch_size"]
@@ -130,8 +130,8 @@ SCALE_BASE = 2000
 
 def scale(opts: argparse.Namespace) -> dict:
     """``sparkvision run``'s stages on ``--scale`` images and on 2,000, with throughput and peak RSS by stage."""
-    from sparkvision import config
-    from sparkvision.models import registry
+    from sparkvision import settings as config
+    from sparkvision.ml.models import registry
 
     batch = opts.batch_size or config.defaults()["featurize"]["batch_size"]
     model = (opts.models.split(",")[0] if opts.models else registry.DEFAULT_MODEL)
@@ -142,8 +142,8 @@ def scale(opts: argparse.Namespace) -> dict:
                      "settings": {"batch_size": batch, "cores": opts.cores, "quick": opts.quick, "model": model,
                                   "grid": SCALE_GRID}, "runs": []}
     if registry.get(model).offline:  # the one-time engine export is no part of either size's figures
-        log(f"{model}: exporting the inference engines once (python -m sparkvision.engines prepare)")
-        subprocess.run([sys.executable, "-m", "sparkvision.engines", "prepare", model], check=True,
+        log(f"{model}: exporting the inference engines once (python -m sparkvision.ml.engines prepare)")
+        subprocess.run([sys.executable, "-m", "sparkvision.ml.engines", "prepare", model], check=True,
                        stdout=subprocess.DEVNULL)
     for n in (base, big):
         log(f"generating {n} images under {images}")

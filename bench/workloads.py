@@ -31,8 +31,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 def weights_for(args: dict) -> str | None:
     """The weights file: the registry's offline file, or a seeded random-weights file (same compute)."""
-    from sparkvision.models import registry
-    from sparkvision.models.weights import resolve_weights
+    from sparkvision.ml.models import registry
+    from sparkvision.ml.models.weights import resolve_weights
 
     spec = registry.get(args["model"])
     if spec.offline:
@@ -62,9 +62,9 @@ def _best(fn, repeats: int) -> float:
 def engines_workload(args: dict) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
-    from sparkvision import engines
-    from sparkvision import images as imglib
-    from sparkvision.models import registry
+    from sparkvision.ml import engines
+    from sparkvision.run import images as imglib
+    from sparkvision.ml.models import registry
 
     spec = registry.get(args["model"])
     weights, batch, cores, repeats = weights_for(args), args["batch_size"], args["cores"], args["repeats"]
@@ -107,7 +107,7 @@ def engines_workload(args: dict) -> dict:
 
 
 def _config(args: dict, out: str):
-    from sparkvision import config
+    from sparkvision import settings as config
 
     cfg = config.load(None)
     cfg["data"]["images"] = args["images"]
@@ -121,7 +121,7 @@ def _config(args: dict, out: str):
 
 
 def _spark(args: dict, conf: dict | None = None):
-    from sparkvision.spark import get_spark
+    from sparkvision.run.spark import get_spark
 
     return get_spark(f"local[{args['cores']}]", "sparkvision-bench",
                      {"spark.ui.showConsoleProgress": "false", **(conf or {})})
@@ -134,7 +134,7 @@ def _timed(fn, *a):
 
 
 def spark_workload(args: dict) -> dict:
-    from sparkvision import pipeline
+    from sparkvision.stages import pipeline
 
     # Decoded 640x480 structs are ~0.9 MB rows: the JVM needs more than local mode's 1 GB default heap
     # to read and pass them on (the pipeline workload, which the memory figures come from, keeps 1 GB).
@@ -166,7 +166,8 @@ def _structs(spark, cfg, args: dict, n: int, label: str) -> dict:
     """The same images already decoded: Spark image structs (BGR pixels) at rest in Parquet, one file per
     featurize task (written untimed), each read back as one split; then the featurizer alone, its
     features written to Parquet."""
-    from sparkvision import pipeline, storage
+    from sparkvision.stages import pipeline
+    from sparkvision.run import storage
     from sparkvision.compat.sparkdl import readImages
 
     structs_path = os.path.join(args["work"], "spark-out", label, "structs.parquet")
@@ -194,8 +195,12 @@ def pipeline_workload(args: dict) -> dict:
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
     from pyspark.sql import functions as F
 
-    from sparkvision import loader, pipeline, train
-    from sparkvision.split import TEST, TRAIN, stratified_split
+    from sparkvision.stages import load as loader
+
+    from sparkvision.stages import pipeline
+
+    from sparkvision.stages import train
+    from sparkvision.run.split import TEST, TRAIN, stratified_split
 
     spark = _spark(args, {"spark.driver.memory": args["driver_memory"]} if args.get("driver_memory") else None)
     cfg = _config(args, os.path.join(args["work"], "pipeline-out", f"{args['model']}-{args['label']}"))
@@ -233,7 +238,7 @@ def pipeline_workload(args: dict) -> dict:
 def stages_workload(args: dict) -> dict:
     """``sparkvision run``'s stages as a user runs them (load, featurize, train, evaluate), each timed, with its
     wall-clock span for the per-stage peak RSS; Spark's settings are the project's own (local mode's heap)."""
-    from sparkvision import pipeline
+    from sparkvision.stages import pipeline
 
     spark = _spark(args)
     cfg = _config(args, os.path.join(args["work"], "stages-out", f"{args['model']}-{args['label']}"))

@@ -26,8 +26,8 @@ from sklearn.preprocessing import label_binarize
 # from sparkdl import DeepImageFeaturizer                             # sparkdl: Spark 2.x, TensorFlow 1
 from sparkvision.compat.image import ImageSchema                       # sparkvision: Spark 4, TensorFlow 2
 from sparkvision.compat.sparkdl import DeepImageFeaturizer
-from sparkvision.sample_data import make_digits
-from sparkvision.spark import get_spark
+from sparkvision.run.sample_data import make_digits
+from sparkvision.run.spark import get_spark
 
 # ---- data paths and model (the original read one folder of scanned digits per class, InceptionV3) --------
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -12,7 +12,7 @@ from pyspark.sql.functions import lit
 
 # from sparkdl import readImages, DeepImageFeaturizer                 # sparkdl: Spark 2.x, TensorFlow 1
 from sparkvision.compat.sparkdl import readImages, DeepImageFeaturizer  # sparkvision: Spark 4, TensorFlow 2
-from sparkvision.spark import get_spark
+from sparkvision.run.spark import get_spark
 
 # ---- data paths and model (in a Databricks notebook: img_dir = "/FileStore/tables/football", InceptionV3) --
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -71,7 +71,7 @@ def photos() -> Path:
 @pytest.fixture(scope="session")
 def digits_small(tmp_path_factory) -> Path:
     """3 digit classes x 10 images: small enough to featurize in a few seconds."""
-    from sparkvision.sample_data import make_digits
+    from sparkvision.run.sample_data import make_digits
 
     return Path(make_digits(str(tmp_path_factory.mktemp("digits")), per_class=10, digits=(0, 1, 7)))
 
@@ -89,7 +89,8 @@ def digits_model(spark, digits_small, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def football_loaded(spark, football):
-    from sparkvision import config, loader
+    from sparkvision import settings as config
+    from sparkvision.stages import load as loader
 
     data = config.defaults()["data"]
     data["images"] = str(football)
@@ -101,7 +102,7 @@ def football_features(spark, football_loaded):
     """Football images featurized once with the offline default model, cached for every test that needs them."""
     from pyspark import StorageLevel
 
-    from sparkvision.featurizer import DeepImageFeaturizer
+    from sparkvision.ml.featurizer import DeepImageFeaturizer
 
     featurizer = DeepImageFeaturizer(modelName="efficientnet_lite0")
     features = featurizer.transform(football_loaded.images).drop("content").persist(StorageLevel.MEMORY_AND_DISK)

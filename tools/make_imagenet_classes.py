@@ -1,4 +1,4 @@
-"""Write src/sparkvision/models/imagenet_classes.json: the 1000 ImageNet-1k classes as ``[wnid, name]`` in
+"""Write src/sparkvision/ml/models/imagenet_classes.json: the 1000 ImageNet-1k classes as ``[wnid, name]`` in
 Keras' (and torch's) class order, i.e. sorted by WordNet id.
 
 Run once; the file is committed and packaged. The source is darknet's class lists (Debian's ``darknet``

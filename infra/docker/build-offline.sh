@@ -205,7 +205,7 @@ if [ "$RUN_TESTS" = 1 ]; then
   log "pytest inside $TEST_IMAGE"
   $DOCKER run --rm --network host "${mounts[@]}" "$TEST_IMAGE" test -q -m "not slow"
   # the stream's slow tests (waves, driver kills) in the image too (the S3 tests ran above, on moto's server)
-  $DOCKER run --rm --network host "${mounts[@]}" "$TEST_IMAGE" test -q -m slow tests/test_stream.py
+  $DOCKER run --rm --network host "${mounts[@]}" "$TEST_IMAGE" test -q -m slow tests/stages/test_stream.py
 fi
 
 if [ "$COMPOSE_DEMO" = 1 ]; then

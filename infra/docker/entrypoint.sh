@@ -49,7 +49,7 @@ load_secret() {
 
 # AES-based RPC encryption wherever authentication is on: the traffic (tasks, models, shuffle blocks,
 # results) is not readable or alterable on the network. Drivers and executors get the same settings
-# (sparkvision.deploy.auth.ENCRYPTION; tests/test_clusters.py keeps the two equal). Local-disk encryption
+# (sparkvision.run.auth.ENCRYPTION; tests/deploy/test_clusters.py keeps the two equal). Local-disk encryption
 # (spark.io.encryption.enabled) is left to the cluster spec: see ENCRYPTION's comment for why.
 RPC_ENCRYPTION="-Dspark.network.crypto.enabled=true -Dspark.network.crypto.cipher=AES/GCM/NoPadding -Dspark.network.crypto.authEngineVersion=2"
 

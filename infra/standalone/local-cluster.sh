@@ -80,7 +80,7 @@ fi
 export _SPARK_AUTH_SECRET=$secret  # Spark's SecurityManager reads it; workers pass it on to their executors
 unset secret SPARK_AUTH_SECRET
 # AES-based RPC encryption with the authentication, as in infra/docker/entrypoint.sh: the same settings as
-# the drivers' and executors' (sparkvision.deploy.auth.ENCRYPTION; tests/test_clusters.py checks it).
+# the drivers' and executors' (sparkvision.run.auth.ENCRYPTION; tests/deploy/test_clusters.py checks it).
 crypto="-Dspark.network.crypto.enabled=true -Dspark.network.crypto.cipher=AES/GCM/NoPadding -Dspark.network.crypto.authEngineVersion=2"
 # The master's REST submission server (on by default since Spark 4.1, port 6066) authenticates nobody.
 export SPARK_MASTER_OPTS="${SPARK_MASTER_OPTS:-} -Dspark.authenticate=true $crypto -Dspark.master.rest.enabled=false"

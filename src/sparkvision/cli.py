@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from . import config as config_mod
+from sparkvision import settings as config_mod
 
 DEMO_OUTPUT = os.path.join("runs", "demo")
 
@@ -45,7 +45,7 @@ def _tracked(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .deploy import cli as deploy_cli
+    from sparkvision.deploy import cli as deploy_cli
 
     parser = argparse.ArgumentParser(prog="sparkvision", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,8 +118,8 @@ def _is_demo(cfg: config_mod.Config, args: argparse.Namespace) -> bool:
 def _demo_data(cfg: config_mod.Config) -> None:
     """The sample digits, written into the run's output folder (under its lock: a second demo on the same
     folder is refused before it touches the first one's images)."""
-    from .layout import RunLayout
-    from .sample_data import make_digits
+    from sparkvision.run.layout import RunLayout
+    from sparkvision.run.sample_data import make_digits
 
     dest = RunLayout(cfg["output"]["dir"]).sample_data
     make_digits(dest, clean=True)
@@ -128,8 +128,8 @@ def _demo_data(cfg: config_mod.Config) -> None:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from .models import registry
-    from .models.weights import file_digest, resolve_weights
+    from sparkvision.ml.models import registry
+    from sparkvision.ml.models.weights import file_digest, resolve_weights
 
     for name in args.networks:
         try:
@@ -142,8 +142,8 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def _setup_logging(verbose: bool) -> None:
-    from . import secrets
-    from .spark import quiet
+    from sparkvision import secrets
+    from sparkvision.run.spark import quiet
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -154,18 +154,18 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from . import pipeline
-    from .layout import RunLayout
-    from .spark import spark_from_config
+    from sparkvision.stages import pipeline
+    from sparkvision.run.layout import RunLayout
+    from sparkvision.run.spark import spark_from_config
 
-    from . import stack
+    from sparkvision.run import stack
 
     stack.check()
     cfg = resolve_config(args)
     demo = _is_demo(cfg, args)
     if args.command == "load" and not (cfg["data"]["images"] or cfg["data"]["manifest"]):
         raise config_mod.ConfigError("no input: give --images DIR or --manifest CSV (or data.* in --config)")
-    from . import tracking
+    from sparkvision.tracking import runs as tracking
 
     tracked = tracking.enabled(cfg)
     if cfg["mlflow"]["registered_model"] and not tracked:
@@ -184,7 +184,7 @@ def _pipeline(args: argparse.Namespace) -> int:
             spark = spark_from_config(cfg, args.verbose)
             model, source = args.model, None
             if registered:
-                from .layout import PredictionLayout
+                from sparkvision.run.layout import PredictionLayout
 
                 model = PredictionLayout(args.output).model
                 source = tracking.fetch_model(cfg, args.model, model)
@@ -212,8 +212,10 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace, cfg: config_mod.Config, tracked: bool) -> int:
-    from . import pipeline, stream, tracking
-    from .spark import spark_from_config
+    from sparkvision.stages import pipeline
+    from sparkvision.stages import stream
+    from sparkvision.tracking import runs as tracking
+    from sparkvision.run.spark import spark_from_config
 
     if not args.output:
         raise config_mod.ConfigError("stream needs --output DIR (its predictions and rejected tables)")
@@ -224,7 +226,7 @@ def _stream(args: argparse.Namespace, cfg: config_mod.Config, tracked: bool) -> 
             if not tracked:
                 raise config_mod.ConfigError(f"--model {args.model}: a registered model needs MLflow tracking: set "
                                              "MLFLOW_TRACKING_URI or mlflow.tracking_uri")
-            from .layout import PredictionLayout
+            from sparkvision.run.layout import PredictionLayout
 
             model = PredictionLayout(args.output).model
             source = tracking.fetch_model(cfg, args.model, model)
@@ -239,18 +241,18 @@ def _stream(args: argparse.Namespace, cfg: config_mod.Config, tracked: bool) -> 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
-    from . import secrets
-    from .deploy import cli as deploy_cli
-    from .deploy.clusters import ClusterSpecError
-    from .loader import LoadError
-    from .featurizer import WeightsChecksumError
-    from .models.torch_legacy import CheckpointError
-    from .models.weights import ChecksumMismatchError, WeightsNotFoundError
-    from .provenance import StaleOutput
-    from .stack import StackError
-    from .storage import OutputLocked
-    from .stream import StreamConflict
-    from .tracking import TrackingError
+    from sparkvision import secrets
+    from sparkvision.deploy import cli as deploy_cli
+    from sparkvision.deploy.clusters import ClusterSpecError
+    from sparkvision.stages.load import LoadError
+    from sparkvision.ml.featurizer import WeightsChecksumError
+    from sparkvision.ml.models.torch_legacy import CheckpointError
+    from sparkvision.ml.models.weights import ChecksumMismatchError, WeightsNotFoundError
+    from sparkvision.run.provenance import StaleOutput
+    from sparkvision.run.stack import StackError
+    from sparkvision.run.storage import OutputLocked
+    from sparkvision.stages.stream import StreamConflict
+    from sparkvision.tracking.runs import TrackingError
 
     try:
         if args.command in deploy_cli.COMMANDS:

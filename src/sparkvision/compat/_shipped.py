@@ -20,7 +20,7 @@ import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
-from ..network import configure_tensorflow
+from sparkvision.ml.network import configure_tensorflow
 
 MAX_WORKER_MODELS = 2
 _LOADED: "OrderedDict[tuple[str, str], object]" = OrderedDict()

@@ -37,9 +37,17 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .. import config, images as imglib, listing, loader, storage
-from ..columns import PATH, REASON
-from ..spark import bound_arrow_batches
+from sparkvision import settings as config
+
+from sparkvision.run import images as imglib
+
+from sparkvision.run import listing
+
+from sparkvision.stages import load as loader
+
+from sparkvision.run import storage
+from sparkvision.columns import PATH, REASON
+from sparkvision.run.spark import bound_arrow_batches
 
 # Spark's org.apache.spark.ml.image.ImageSchema, field for field.
 UNDEFINED_IMAGE_TYPE = "Undefined"

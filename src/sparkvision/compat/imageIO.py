@@ -29,10 +29,12 @@ from PIL import Image
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .. import images as imglib, loader
-from ..columns import PATH
-from ..spark import bound_arrow_batches, default_parallelism
-from .image import IMAGE_FIELDS, NULLABLE_COLUMN_SCHEMA as STRUCT, OCV_TYPES, _entries, _hidden, batched_structs, invalid_image
+from sparkvision.run import images as imglib
+
+from sparkvision.stages import load as loader
+from sparkvision.columns import PATH
+from sparkvision.run.spark import bound_arrow_batches, default_parallelism
+from sparkvision.compat.image import IMAGE_FIELDS, NULLABLE_COLUMN_SCHEMA as STRUCT, OCV_TYPES, _entries, _hidden, batched_structs, invalid_image
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ __all__ = ["createResizeImageUDF", "PIL_decode", "PIL_decode_and_resize", "readI
            "imageStructToArray", "imageArrayToStruct", "imageStructToPIL"]
 
 def _warn(message: str) -> None:
-    from .sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
+    from sparkvision.compat.sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
 
     warnings.warn(message, SparkdlCompatWarning, stacklevel=3)
 

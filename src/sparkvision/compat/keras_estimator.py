@@ -48,10 +48,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .. import storage
-from ..layout import join
-from ._shipped import ShippedModel
-from .keras_transformers import (ImageLoaderContractError, KerasImageFileTransformer, _ImageFileParams,
+from sparkvision.run import storage
+from sparkvision.run.layout import join
+from sparkvision.compat._shipped import ShippedModel
+from sparkvision.compat.keras_transformers import (ImageLoaderContractError, KerasImageFileTransformer, _ImageFileParams,
                                  _input_shape, load_input, resolve_callable)
 
 FIT_DEFAULTS = {"epochs": 1, "batch_size": 32, "shuffle": True, "verbose": 0, "class_weight": None}
@@ -177,7 +177,7 @@ class KerasImageFileEstimator(Estimator, _ImageFileParams, HasLabelCol, HasSeed,
 
 
 def _warn(message: str) -> None:
-    from .sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
+    from sparkvision.compat.sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
 
     warnings.warn(message, SparkdlCompatWarning, stacklevel=4)
 

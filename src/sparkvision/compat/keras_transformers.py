@@ -37,7 +37,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ._shipped import ShippedModel
+from sparkvision.compat._shipped import ShippedModel
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class _ImageFileParams(_KerasParams):
 
 
 def _warn(message: str) -> None:
-    from .sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
+    from sparkvision.compat.sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
 
     warnings.warn(message, SparkdlCompatWarning, stacklevel=4)
 

@@ -30,10 +30,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .. import images as imglib
-from ._shipped import ShippedModel
-from .keras_transformers import _fits, _input_shape, _threads, predict_batches
-from .tf_transformers import struct_pixels
+from sparkvision.run import images as imglib
+from sparkvision.compat._shipped import ShippedModel
+from sparkvision.compat.keras_transformers import _fits, _input_shape, _threads, predict_batches
+from sparkvision.compat.tf_transformers import struct_pixels
 
 _DIFFERENCE = ("sparkvision.compat.sparkdl.registerKerasImageUDF: images are batched, the preprocessor's array is "
                "fed as float32 (sparkdl cast it to uint8), null images give null. See "
@@ -43,7 +43,7 @@ _DIFFERENCE = ("sparkvision.compat.sparkdl.registerKerasImageUDF: images are bat
 def registerKerasImageUDF(udf_name: str, keras_model_or_file_path, preprocessor: Callable | None = None,
                           batchSize: int = 32, spark: SparkSession | None = None):
     """Register ``udf_name`` as a SQL function: image struct -> the Keras model's output (``array<float>``)."""
-    from .sparkdl import SparkdlCompatWarning, _spark
+    from sparkvision.compat.sparkdl import SparkdlCompatWarning, _spark
 
     what = f"registerKerasImageUDF({udf_name!r})"
     if isinstance(keras_model_or_file_path, (str, os.PathLike)):

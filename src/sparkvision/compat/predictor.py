@@ -1,7 +1,7 @@
 """sparkdl's ``DeepImagePredictor``: a pretrained network's ImageNet classifier applied to images.
 
-It is sparkvision's :class:`~sparkvision.featurizer.DeepImageFeaturizer` run on the registry's classifier
-variant of the model (:meth:`sparkvision.models.registry.ModelSpec.classifier`): the same decoding (encoded
+It is sparkvision's :class:`~sparkvision.ml.featurizer.DeepImageFeaturizer` run on the registry's classifier
+variant of the model (:meth:`sparkvision.ml.models.registry.ModelSpec.classifier`): the same decoding (encoded
 bytes or Spark image structs), batching, weights pinning and one network per Python worker, with the
 network's top kept. The output is the 1000 ImageNet probabilities as a vector, or with
 ``decodePredictions`` the ``topK`` most probable classes as ``array<struct<class, description,
@@ -33,8 +33,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ..featurizer import DeepImageFeaturizer
-from ..models import imagenet, registry
+from sparkvision.ml.featurizer import DeepImageFeaturizer
+from sparkvision.ml.models import imagenet, registry
 
 DECODED_SCHEMA = T.ArrayType(T.StructType([
     T.StructField("class", T.StringType(), False),
@@ -116,6 +116,6 @@ def _decode_udf(top: int):
 
 
 def _compat_warning() -> type[Warning]:
-    from .sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
+    from sparkvision.compat.sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
 
     return SparkdlCompatWarning

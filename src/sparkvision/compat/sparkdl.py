@@ -26,11 +26,15 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .. import config, images as imglib, predict
-from ..featurizer import DeepImageFeaturizer as _Featurizer
-from ..models import registry
-from ..spark import bound_arrow_batches
-from .image import NULLABLE_COLUMN_SCHEMA, batched_structs
+from sparkvision import settings as config
+
+from sparkvision.run import images as imglib
+
+from sparkvision.stages import predict
+from sparkvision.ml.featurizer import DeepImageFeaturizer as _Featurizer
+from sparkvision.ml.models import registry
+from sparkvision.run.spark import bound_arrow_batches
+from sparkvision.compat.image import NULLABLE_COLUMN_SCHEMA, batched_structs
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,7 @@ def DeepImageFeaturizer(inputCol: str = "image", outputCol: str = "features", mo
 
     ``inputCol`` may hold Spark image structs (from :func:`readImages`) or encoded bytes. ``scaleHint``
     is accepted for old code and ignored: resizing always matches Keras. Other keyword arguments go to
-    :class:`sparkvision.featurizer.DeepImageFeaturizer` (``weightsPath``, ``batchSize``, ...).
+    :class:`sparkvision.ml.featurizer.DeepImageFeaturizer` (``weightsPath``, ``batchSize``, ...).
     """
     try:
         spec = registry.get(modelName)
@@ -113,10 +117,10 @@ def DeepImageFeaturizer(inputCol: str = "image", outputCol: str = "features", mo
 
 
 # ---- the rest of sparkdl 1.5's public names -------------------------------------------------------------
-from .imageIO import (PIL_decode, PIL_decode_and_resize, createResizeImageUDF, imageArrayToStruct,  # noqa: E402
+from sparkvision.compat.imageIO import (PIL_decode, PIL_decode_and_resize, createResizeImageUDF, imageArrayToStruct,  # noqa: E402
                       imageStructToArray, imageStructToPIL, readImagesWithCustomFn)
-from .predictor import DECODED_SCHEMA, DeepImagePredictor  # noqa: E402
-from .keras_transformers import KerasImageFileTransformer, KerasTransformer  # noqa: E402
-from .keras_estimator import KerasImageFileEstimator  # noqa: E402
-from .keras_udf import registerKerasImageUDF  # noqa: E402
-from .tf_transformers import TFImageTransformer, TFInputGraph, TFTransformer, imageInputPlaceholder  # noqa: E402
+from sparkvision.compat.predictor import DECODED_SCHEMA, DeepImagePredictor  # noqa: E402
+from sparkvision.compat.keras_transformers import KerasImageFileTransformer, KerasTransformer  # noqa: E402
+from sparkvision.compat.keras_estimator import KerasImageFileEstimator  # noqa: E402
+from sparkvision.compat.keras_udf import registerKerasImageUDF  # noqa: E402
+from sparkvision.compat.tf_transformers import TFImageTransformer, TFInputGraph, TFTransformer, imageInputPlaceholder  # noqa: E402

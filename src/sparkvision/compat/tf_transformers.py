@@ -35,9 +35,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ..featurizer import IMAGE_STRUCT_FIELDS, is_image_struct
-from ._shipped import ShippedModel
-from .keras_transformers import FLOAT_IMAGE_SCHEMA, OUTPUT_MODES, _threads, cv_32f_mode
+from sparkvision.ml.featurizer import IMAGE_STRUCT_FIELDS, is_image_struct
+from sparkvision.compat._shipped import ShippedModel
+from sparkvision.compat.keras_transformers import FLOAT_IMAGE_SCHEMA, OUTPUT_MODES, _threads, cv_32f_mode
 
 CHANNEL_ORDERS = ("RGB", "BGR", "L")
 DEFAULT_SIGNATURE = "serving_default"
@@ -61,7 +61,7 @@ def imageInputPlaceholder(nChannels: int | None = None):
 
 
 def _warn(message: str) -> None:
-    from .sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
+    from sparkvision.compat.sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
 
     warnings.warn(message, SparkdlCompatWarning, stacklevel=4)
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from .. import secrets
-from . import clusters
+from sparkvision import secrets
+from sparkvision.deploy import clusters
 
 BUNDLE_FILE = "bundle.yml"
 CLUSTERS_INCLUDE = "infra/databricks/clusters.yml"

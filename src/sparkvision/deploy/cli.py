@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 
-from .. import config as config_mod
+from sparkvision import settings as config_mod
 
 
 def add_parsers(sub) -> None:
@@ -72,9 +72,9 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
 def _submit(args: argparse.Namespace) -> int:
     import subprocess
 
-    from . import clusters
+    from sparkvision.deploy import clusters
 
-    from .. import secrets
+    from sparkvision import secrets
 
     job = args.job[1:] if args.job[:1] == ["--"] else args.job
     # The job's arguments end up on spark-submit's command line (ps, /proc): no credential may be among them.
@@ -107,7 +107,7 @@ def _yaml_or_text(value: str):
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from . import clusters
+    from sparkvision.deploy import clusters
 
     spec = clusters.load_spec(args.cluster_spec)
     if args.what == "conf":
@@ -126,7 +126,7 @@ def _print_problems(exc) -> None:
 def _bundle(args: argparse.Namespace) -> int:
     import json
 
-    from . import bundle
+    from sparkvision.deploy import bundle
 
     if args.what == "clusters":
         text = bundle.render_clusters_include(os.path.join(args.root, "infra", "clusters"))
@@ -171,8 +171,8 @@ def _databricks(args: argparse.Namespace) -> int:
         print("sparkvision: databricks: databricks-sdk is not installed: pip install 'sparkvision[databricks]'",
               file=sys.stderr)
         return 2
-    from . import bundle
-    from . import databricks as dbx
+    from sparkvision.deploy import bundle
+    from sparkvision.deploy import databricks as dbx
 
     try:
         w = dbx.client(args.profile)

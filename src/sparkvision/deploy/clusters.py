@@ -68,7 +68,7 @@ def dotted_path(path) -> str:
 
 def check_no_secrets(data: Any, origin: str, where: str = "") -> None:
     """Refuse credential-looking keys or values anywhere in ``data`` (Databricks secret references pass)."""
-    from .. import secrets
+    from sparkvision import secrets
 
     for path, what in secrets.find_credentials(data, (where,) if where else ()):
         if what == "key":
@@ -259,7 +259,7 @@ def spark_submit_executable() -> str:
 
 
 def driver_script() -> str:
-    from . import __file__ as pkg_init
+    from sparkvision.deploy import __file__ as pkg_init
 
     return os.path.join(os.path.dirname(pkg_init), "sparkvision_driver.py")
 
@@ -273,7 +273,7 @@ def submit_command(spec: ClusterSpec, master: str, job_args: list[str], extra_co
     driver inherits the environment and reads it. Without a secret it raises
     :class:`~.auth.AuthError`, unless ``insecure`` (default: ``SPARKVISION_INSECURE=1``).
     """
-    from . import auth
+    from sparkvision.run import auth
 
     conf = {**submit_conf(spec), **(extra_conf or {})}
     check_no_secrets(conf, "--conf")

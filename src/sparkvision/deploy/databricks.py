@@ -187,7 +187,7 @@ def submit(w, resolved: dict[str, Any], wheel: Path, job_key: str = PIPELINE_JOB
     as a dev deployment does)."""
     from databricks.sdk.service.jobs import JobEnvironment, SubmitTask
 
-    from . import bundle
+    from sparkvision.deploy import bundle
 
     remote = upload_wheel(w, wheel)
     user = current_user(w)

@@ -49,7 +49,7 @@ RUN --mount=type=secret,id=pip_ca \
       sparkvision weights --cache-dir /opt/sparkvision/weights $KERAS_WEIGHTS; \
     fi \
  && SPARKVISION_CACHE=/opt/sparkvision/weights TF_CPP_MIN_LOG_LEVEL=3 \
-    python -m sparkvision.engines prepare efficientnet_lite0 efficientnet_lite1 efficientnet_lite2
+    python -m sparkvision.ml.engines prepare efficientnet_lite0 efficientnet_lite1 efficientnet_lite2
 
 # Test-only packages, installed beside the venv (not into it) so the runtime venv stays as shipped.
 FROM deps AS test-deps

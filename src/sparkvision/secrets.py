@@ -17,6 +17,7 @@ name one.
 
 from __future__ import annotations
 
+from sparkvision.errors import CredentialInURL
 import base64
 import copy
 import logging
@@ -285,10 +286,6 @@ def strip_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
     user, _, password = userinfo.partition(":")
     clean = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
     return clean, (unquote(user), unquote(password))
-
-
-class CredentialInURL(ValueError):
-    """A URL setting carries a signature that cannot be separated from it (SAS, presigned query)."""
 
 
 def clean_mirror_url(url: str | None, origin: str = "network.mirror_url") -> str | None:

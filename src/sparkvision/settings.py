@@ -5,6 +5,7 @@ Every error names the dotted key (``split.test_fraction``) and what was wrong wi
 
 from __future__ import annotations
 
+from sparkvision.errors import ConfigError
 import copy
 import logging
 import re
@@ -18,10 +19,6 @@ from sparkvision.ml.models.registry import DEFAULT_MODEL
 
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

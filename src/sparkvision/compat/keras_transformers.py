@@ -20,6 +20,7 @@ Where they differ from sparkdl (said once each, as a SparkdlCompatWarning):
 
 from __future__ import annotations
 
+from sparkvision.errors import ImageLoaderContractError
 import importlib
 import logging
 import warnings
@@ -50,10 +51,6 @@ FLOAT_IMAGE_SCHEMA = T.StructType([
     T.StructField("mode", T.IntegerType(), True),
     T.StructField("data", T.BinaryType(), True),
 ])
-
-
-class ImageLoaderContractError(ValueError):
-    """``imageLoader`` returned something the model cannot take: a bug in the loader, not bad data."""
 
 
 def cv_32f_mode(channels: int) -> int:

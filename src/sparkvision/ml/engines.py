@@ -30,6 +30,7 @@ TensorFlow's within 1e-4 (tests); bf16's within cosine 0.999.
 
 from __future__ import annotations
 
+from sparkvision.errors import EngineError
 import contextlib
 import functools
 import hashlib
@@ -60,10 +61,6 @@ ONNX_OPSET = 17
 INPUT_NAME = "pixels"
 
 Predict = Callable[[np.ndarray], np.ndarray]
-
-
-class EngineError(ValueError):
-    """An engine or precision that cannot run here, or an export that failed; says which and why."""
 
 
 def _has(module: str) -> bool:

@@ -10,6 +10,7 @@ same features as the Spark stage. Nothing here imports PySpark.
 
 from __future__ import annotations
 
+from sparkvision.errors import WeightsChecksumError
 import gc
 import logging
 import os
@@ -26,10 +27,6 @@ log = logging.getLogger(__name__)
 
 # Set (to "1") in processes whose native libraries should keep quiet (see :func:`quiet_native_stderr`).
 QUIET_ENV = "SPARKVISION_QUIET"
-
-
-class WeightsChecksumError(ValueError):
-    pass
 
 
 class WorkerModelKey(tuple):

@@ -43,6 +43,7 @@ so in the executors, which Spark starts with the driver's ``spark.network.*`` se
 
 from __future__ import annotations
 
+from sparkvision.errors import AuthError
 import logging
 import os
 import stat
@@ -78,10 +79,6 @@ ENCRYPTION = {
 }
 HOW = (f"set {SECRET_FILE_ENV} to a file holding the cluster's shared secret (e.g. a Docker/Kubernetes secret "
        f"mounted at /run/secrets/spark_secret) or {SECRET_ENV} to the secret itself")
-
-
-class AuthError(ConfigError):
-    """The shared secret is missing, unreadable or inconsistent; the message never holds the secret."""
 
 
 def is_standalone(master: str | None) -> bool:

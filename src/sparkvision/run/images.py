@@ -14,6 +14,7 @@ image of known size is a rejected image, not a failed task.
 
 from __future__ import annotations
 
+from sparkvision.errors import ImageRejected
 import io
 import math
 import struct
@@ -33,10 +34,6 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 RESAMPLE = Image.BILINEAR
 # Pixels of a 16-bit/float image scaled to 8 bits at a time: a few 8 MB float64 strips, whatever its size.
 STRIP_PIXELS = 1 << 20
-
-
-class ImageRejected(ValueError):
-    """An input file that cannot be used; ``str(exc)`` is the reason."""
 
 
 def _allow_pixels(max_pixels: int) -> None:

@@ -12,15 +12,12 @@ halfway leaves folders whose markers disagree with the record, and the next stag
 
 from __future__ import annotations
 
+from sparkvision.errors import StaleOutput
 import hashlib
 import json
 
 from sparkvision.run import storage
 from sparkvision.run.layout import RunLayout
-
-
-class StaleOutput(RuntimeError):
-    """A stage's inputs do not belong together; the message says which stage to re-run."""
 
 
 def fingerprint(*parts) -> str:

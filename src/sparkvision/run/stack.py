@@ -8,14 +8,11 @@ runtimes ship PySpark without pip metadata, and TensorFlow is ``tensorflow`` or 
 
 from __future__ import annotations
 
+from sparkvision.errors import StackError
 import importlib
 from importlib.metadata import PackageNotFoundError, requires
 
 EXTRA = "stack"
-
-
-class StackError(RuntimeError):
-    """Installed versions outside the tested ranges; the message names each one."""
 
 
 def requirements(dist: str = "sparkvision") -> list:

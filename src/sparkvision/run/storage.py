@@ -9,6 +9,7 @@ is atomic and visible whole).
 
 from __future__ import annotations
 
+from sparkvision.errors import OutputLocked
 import csv
 import io
 import json
@@ -372,10 +373,6 @@ def _mtime_ns(uri: str) -> int:
 
 LEASE_ENV = "SPARKVISION_LOCK_LEASE_S"
 DEFAULT_LEASE_S = 120.0
-
-
-class OutputLocked(RuntimeError):
-    """Another run holds the output folder."""
 
 
 def lease_seconds() -> float:

@@ -15,6 +15,7 @@ indices follow sorted class names and travel with the data as ``label_index`` co
 
 from __future__ import annotations
 
+from sparkvision.errors import LoadError
 import csv
 import io
 import logging
@@ -70,10 +71,6 @@ IMAGE_PARQUET_OPTIONS = {
     f"parquet.column.statistics.enabled#{CONTENT}": "false",
 }
 ACCEPTED = "accepted"  # the staging table's partition column (images.parquet / rejected rows)
-
-
-class LoadError(ValueError):
-    """The input as a whole cannot be used (missing path, fewer than two classes, ...)."""
 
 
 @dataclass

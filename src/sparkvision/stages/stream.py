@@ -50,6 +50,7 @@ the same file system; a half-copied file would be rejected as truncated.
 
 from __future__ import annotations
 
+from sparkvision.errors import StreamConflict
 import datetime
 import hashlib
 import json
@@ -194,10 +195,6 @@ def source_files(checkpoint: str, batch_id: int) -> dict[str, int] | None:
         else:
             return None
     return files
-
-
-class StreamConflict(RuntimeError):
-    """The output's batches were committed by another query (another checkpoint)."""
 
 
 def query_id(checkpoint: str) -> str | None:

@@ -17,6 +17,7 @@ Credentials for the server come from MLflow's own environment variables (``MLFLO
 
 from __future__ import annotations
 
+from sparkvision.errors import TrackingError
 import json
 import logging
 import os
@@ -38,10 +39,6 @@ SPARK_MODEL = "spark-model"      # the Spark PipelineModel (mlflow.spark flavour
 PYFUNC_MODEL = "image-model"     # raw image bytes -> label + probabilities, no Spark (pyfunc flavour)
 CHALLENGER, CHAMPION = "challenger", "champion"
 ON_DATABRICKS = "DATABRICKS_RUNTIME_VERSION"
-
-
-class TrackingError(RuntimeError):
-    """MLflow was asked for and could not be used (server unreachable, model not found, ...)."""
 
 
 def tracking_uri(cfg: Config) -> str | None:

@@ -16,6 +16,7 @@ the tensor or storage concerned.
 
 from __future__ import annotations
 
+from sparkvision.errors import CheckpointError, UnsafeCheckpointError
 import collections
 import io
 import math
@@ -43,14 +44,6 @@ _STORAGE_DTYPES = {  # little-endian, whatever the host
     "BoolStorage": np.dtype("?"),
 }
 _STORAGE_MODULES = ("torch", "torch.cuda")  # a CUDA storage's bytes are the same; we load on CPU
-
-
-class CheckpointError(ValueError):
-    """The checkpoint is malformed, inconsistent or too large; the message names file and tensor."""
-
-
-class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
-    """The checkpoint asked for something a plain state dict never needs."""
 
 
 class _StorageType:

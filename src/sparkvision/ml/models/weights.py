@@ -9,6 +9,7 @@ to the mirror's origin only, and never appear in a log line or an error message.
 
 from __future__ import annotations
 
+from sparkvision.errors import WeightsNotFoundError, ChecksumMismatchError
 import functools
 import hashlib
 import http.client
@@ -31,14 +32,6 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "SPARKVISION_CACHE"
 MIRROR_ENV = "SPARKVISION_WEIGHTS_MIRROR"
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """No weights could be found or fetched; the message says how to supply them offline."""
-
-
-class ChecksumMismatchError(ValueError):
-    pass
 
 
 def default_cache_dir() -> Path:

@@ -1,4 +1,4 @@
-# One image for tests, jobs and a standalone Spark cluster (see README "Docker and standalone Spark").
+# One image for tests, jobs and a standalone Spark cluster (see docs/docker-standalone.md).
 #
 #   docker build -t sparkvision .                      # runtime image (connected machine)
 #   docker build --target test -t sparkvision:test .   # + pytest, chispa and tests/
@@ -104,6 +104,7 @@ COPY jobs /opt/sparkvision/jobs
 COPY infra/databricks /opt/sparkvision/infra/databricks
 COPY tests /opt/sparkvision/tests
 COPY bench /opt/sparkvision/bench
+COPY docs/*.md /opt/sparkvision/docs/
 RUN chown -R spark:spark /opt/sparkvision/tests
 USER spark
 CMD ["test"]

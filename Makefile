@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[local,test,databricks,mlflow,engines]"
 	@touch $@
 
-# Databricks Runtime 17.3 LTS runs Spark 4.0: the quick suite on PySpark 4.0.x too, in .venv-spark40, which
+# Databricks Runtime 17.3 LTS runs Spark 4.0: the code that talks to Spark's APIs (the stages' and the sparkdl
+# compat layer's quick tests, and the stream's driver-kill test) on PySpark 4.0.x too, in .venv-spark40, which
 # holds only that PySpark and reads everything else from .venv (a .pth line), so it costs one download.
 SPARK40 ?= 4.0.1
 VENV40 := .venv-spark40
@@ -33,9 +34,9 @@ test-spark40: setup-spark40 photos
 	PYSPARK_PYTHON=$(abspath $(VENV40))/bin/python PYSPARK_DRIVER_PYTHON=$(abspath $(VENV40))/bin/python \
 		$(VENV40)/bin/python -c "import pyspark; assert pyspark.__version__.startswith('4.0'), pyspark.__version__"
 	PYSPARK_PYTHON=$(abspath $(VENV40))/bin/python PYSPARK_DRIVER_PYTHON=$(abspath $(VENV40))/bin/python \
-		$(VENV40)/bin/python -m pytest -m "not slow"
+		$(VENV40)/bin/python -m pytest -m "not slow" tests/stages tests/compat
 	PYSPARK_PYTHON=$(abspath $(VENV40))/bin/python PYSPARK_DRIVER_PYTHON=$(abspath $(VENV40))/bin/python \
-		$(VENV40)/bin/python -m pytest -m slow tests/stages/test_stream.py
+		$(VENV40)/bin/python -m pytest -m slow tests/stages/test_stream.py -k driver_killed
 
 demo: setup
 	$(VENV)/bin/sparkvision run
@@ -55,7 +56,7 @@ test-all: setup photos
 	$(VENV)/bin/pytest
 
 # Featurization speed, tuning cost and memory in one run (bench/README.md); writes bench/results/ and
-# README's table. bench-smoke: the same code paths on a few images (CI); its figures mean nothing.
+# docs/performance.md. bench-smoke: the same code paths on a few images (CI); its figures mean nothing.
 bench: setup
 	$(PY) -m bench featurize --models efficientnet_lite0,InceptionV3 --repeats 2 --readme
 

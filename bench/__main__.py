@@ -5,7 +5,7 @@ the network's limits per engine (no Spark), the Spark featurize stage on TensorF
 was) and on ``auto`` for each model, then load -> featurize -> fit / grid at N and 10 x N images with
 the process tree's peak RSS. ``--scale 50000`` runs only the pipeline on 50,000 images against 2,000
 (``scale.json`` / ``scale.md``). Writes ``featurize.json`` and ``featurize.md`` to ``--out``;
-``--readme`` also puts the tables into README.md. ``--quick`` is the CI smoke run: one model, a few
+``--readme`` also puts the tables into docs/performance.md. ``--quick`` is the CI smoke run: one model, a few
 images, same code paths; its figures mean nothing.
 """
 
@@ -50,7 +50,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     f.add_argument("--repeats", type=int, default=3, help="warm repetitions; the best is reported")
     f.add_argument("--work", default=str(ROOT / ".cache" / "bench"), help="generated images and scratch outputs")
     f.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where featurize.json/.md go")
-    f.add_argument("--readme", action="store_true", help="also write the table into README.md")
+    f.add_argument("--readme", action="store_true", help="also write the table into docs/performance.md")
     f.add_argument("--quick", action="store_true", help="smoke mode: default model, a few images (CI)")
     f.add_argument("--scale", type=int, default=None,
                    help="only the scale run: the pipeline on this many generated images against 2,000 (e.g. 50000)")
@@ -62,11 +62,10 @@ def log(msg: str) -> None:
 
 
 def featurize(opts: argparse.Namespace) -> dict:
-    from sparkvision import settings as config
     from sparkvision.ml.models import registry
+    from sparkvision.settings import FeaturizeSettings
 
-    defaults = config.defaults()
-    batch = opts.batch_size or defaults["featurize"]["batch_size"]
+    batch = opts.batch_size or FeaturizeSettings().batch_size
     if opts.quick:
         models, rss_models = [registry.DEFAULT_MODEL], [registry.DEFAULT_MODEL]
         n, speed_n, repeats = 20, 24, 1
@@ -130,10 +129,10 @@ SCALE_BASE = 2000
 
 def scale(opts: argparse.Namespace) -> dict:
     """``sparkvision run``'s stages on ``--scale`` images and on 2,000, with throughput and peak RSS by stage."""
-    from sparkvision import settings as config
     from sparkvision.ml.models import registry
+    from sparkvision.settings import FeaturizeSettings
 
-    batch = opts.batch_size or config.defaults()["featurize"]["batch_size"]
+    batch = opts.batch_size or FeaturizeSettings().batch_size
     model = (opts.models.split(",")[0] if opts.models else registry.DEFAULT_MODEL)
     big, base = (60, 20) if opts.quick else (opts.scale, SCALE_BASE)
     work = os.path.abspath(opts.work)
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{name}.md").write_text(table)
     if opts.readme:
-        report.update_readme(ROOT / "README.md", table, markers)
+        report.update_page(ROOT / report.PAGE, table, markers)
     print(table)
     log(f"wrote {out / (name + '.json')} and {out / (name + '.md')}")
     return 0

@@ -1,4 +1,4 @@
-"""Benchmark results -> acceptance checks, a Markdown table, and README's copy of it."""
+"""Benchmark results -> acceptance checks, a Markdown table, and docs/performance.md's copy of it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 GIB = 2**30
+# The one page ``--readme`` rewrites (between the markers below and bench.stream's), from the repository root.
+PAGE = Path("docs") / "performance.md"
 FEATURIZE_MARKERS = ("<!-- bench:featurize:start -->", "<!-- bench:featurize:end -->")
 SCALE_MARKERS = ("<!-- bench:scale:start -->", "<!-- bench:scale:end -->")
 SPEED_MODELS = ("efficientnet_lite0", "InceptionV3")  # the acceptance's two models
@@ -271,14 +273,14 @@ def scale_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(readme: Path, table: str, markers: tuple[str, str] = FEATURIZE_MARKERS) -> None:
-    """Replace the text between the benchmark's ``markers`` in README.md (which must hold them)."""
+def update_page(page: Path, table: str, markers: tuple[str, str] = FEATURIZE_MARKERS) -> None:
+    """Replace the text between the benchmark's ``markers`` in ``page`` (:data:`PAGE`, which must hold them)."""
     start, end = markers
-    text = readme.read_text()
+    text = page.read_text()
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise ValueError(f"{readme}: markers {start} ... {end} not found")
-    readme.write_text(pattern.sub(lambda _: f"{start}\n{table}{end}", text))
+        raise ValueError(f"{page}: markers {start} ... {end} not found")
+    page.write_text(pattern.sub(lambda _: f"{start}\n{table}{end}", text))
 
 
 if __name__ == "__main__":  # pragma: no cover

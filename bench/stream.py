@@ -10,7 +10,7 @@
    (``_stream/commits/N.json``). p50 / p95 / max, after one warm-up file (the workers' start and the network's
    load are start-up, not latency).
 
-Writes ``stream.json`` and ``stream.md`` to ``--out``; ``--readme`` also puts the table into README.md.
+Writes ``stream.json`` and ``stream.md`` to ``--out``; ``--readme`` also puts the table into docs/performance.md.
 ``--quick`` (CI) runs the same code on a few images; its figures mean nothing.
 """
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--work", default=str(ROOT / ".cache" / "bench-stream"))
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    p.add_argument("--readme", action="store_true", help="also write the table into README.md")
+    p.add_argument("--readme", action="store_true", help="also write the table into docs/performance.md")
     p.add_argument("--quick", action="store_true", help="smoke mode (CI): a few files; the figures mean nothing")
     opts = p.parse_args(argv)
     if opts.quick:
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "stream.md").write_text(table)
     print(table)
     if opts.readme:
-        report.update_readme(ROOT / "README.md", table, MARKERS)
+        report.update_page(ROOT / report.PAGE, table, MARKERS)
     return 0
 
 

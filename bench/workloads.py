@@ -106,18 +106,15 @@ def engines_workload(args: dict) -> dict:
     return {"images": len(files), "decode_ms": decode_ms, "engines": out}
 
 
-def _config(args: dict, out: str):
+def _config(args: dict, out: str, grid: dict | None = None):
+    """The run settings of a workload (``grid``: ``train.*`` keys, e.g. a smaller tuning grid)."""
     from sparkvision import settings as config
 
-    cfg = config.load(None)
-    cfg["data"]["images"] = args["images"]
-    cfg["network"]["name"] = args["model"]
-    cfg["network"]["weights"] = weights_for(args)
-    cfg["featurize"]["batch_size"] = args["batch_size"]
-    cfg["featurize"]["engine"] = args.get("engine", "auto")
-    cfg["featurize"]["precision"] = args.get("precision", "fp32")
-    cfg["output"]["dir"] = out
-    return cfg
+    values = {"data.images": args["images"], "network.name": args["model"], "network.weights": weights_for(args),
+              "featurize.batch_size": args["batch_size"], "featurize.engine": args.get("engine", "auto"),
+              "featurize.precision": args.get("precision", "fp32"), "output.dir": out}
+    values.update({f"train.{key}": value for key, value in (grid or {}).items()})
+    return config.load(None, values=values)
 
 
 def _spark(args: dict, conf: dict | None = None):
@@ -166,19 +163,19 @@ def _structs(spark, cfg, args: dict, n: int, label: str) -> dict:
     """The same images already decoded: Spark image structs (BGR pixels) at rest in Parquet, one file per
     featurize task (written untimed), each read back as one split; then the featurizer alone, its
     features written to Parquet."""
-    from sparkvision.stages import pipeline
+    from sparkvision.stages import featurize
     from sparkvision.run import storage
     from sparkvision.compat.sparkdl import readImages
 
     structs_path = os.path.join(args["work"], "spark-out", label, "structs.parquet")
     features_path = os.path.join(args["work"], "spark-out", label, "struct-features.parquet")
-    parts = pipeline.featurize_partitions(spark, cfg, n)
+    parts = featurize.featurize_partitions(spark, cfg, n)
     (readImages(args["images"]).repartition(parts, "filePath").write.mode("overwrite")
      .option("parquet.block.size", 8 * 2**20).parquet(structs_path))
     largest = max(os.path.getsize(os.path.join(structs_path, f)) for f in os.listdir(structs_path))
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(largest + 2**20))
     spark.conf.set("spark.sql.parquet.columnarReaderBatchSize", "32")  # ~1 MB rows
-    featurizer = pipeline.make_featurizer(cfg).setParams(inputCol="image")
+    featurizer = featurize.make_featurizer(cfg).setParams(inputCol="image")
     structs = spark.read.parquet(structs_path)
 
     def featurize_structs():
@@ -200,30 +197,30 @@ def pipeline_workload(args: dict) -> dict:
     from sparkvision.stages import pipeline
 
     from sparkvision.stages import train
+    from sparkvision.run.layout import RunLayout
     from sparkvision.run.split import TEST, TRAIN, stratified_split
 
     spark = _spark(args, {"spark.driver.memory": args["driver_memory"]} if args.get("driver_memory") else None)
-    cfg = _config(args, os.path.join(args["work"], "pipeline-out", f"{args['model']}-{args['label']}"))
-    cfg["train"].update(args["grid"])
+    cfg = _config(args, os.path.join(args["work"], "pipeline-out", f"{args['model']}-{args['label']}"), args["grid"])
     load_s, loaded = _timed(pipeline.stage_load, spark, cfg)
     featurize_s, featurized = _timed(pipeline.stage_featurize, spark, cfg)
 
-    features = spark.read.parquet(pipeline.layout_of(cfg).features)
+    features = spark.read.parquet(RunLayout(cfg.output.dir).features)
     classes = loader.classes_of(features)
-    s = cfg["split"]
-    rows = stratified_split(features, s["test_fraction"], s["validation_fraction"], s["seed"]).persist(
+    s = cfg.split
+    rows = stratified_split(features, s.test_fraction, s.validation_fraction, s.seed).persist(
         StorageLevel.MEMORY_AND_DISK)
     train_rows = rows.filter(F.col("split") == TRAIN)
     test_rows = rows.filter(F.col("split") == TEST)
     n_train = train_rows.count()
 
     def single_fit():
-        lr = train.make_classifier(len(classes), cfg["train"]["standardization"])
-        lr.setRegParam(cfg["train"]["reg_param"][0]).setElasticNetParam(cfg["train"]["elastic_net_param"][0])
-        return lr.setMaxIter(cfg["train"]["max_iter"][-1]).fit(train_rows)
+        lr = train.make_classifier(len(classes), cfg.train.standardization)
+        lr.setRegParam(cfg.train.reg_param[0]).setElasticNetParam(cfg.train.elastic_net_param[0])
+        return lr.setMaxIter(cfg.train.max_iter[-1]).fit(train_rows)
 
     single_s = [_timed(single_fit)[0]]
-    grid_s, tuned = _timed(train.tune, train_rows, len(classes), cfg["train"])
+    grid_s, tuned = _timed(train.tune, train_rows, len(classes), cfg.train)
     if args.get("repeat_fit", True):
         single_s.append(_timed(single_fit)[0])
     accuracy = MulticlassClassificationEvaluator(labelCol=train.LABEL, metricName="accuracy").evaluate(
@@ -232,7 +229,7 @@ def pipeline_workload(args: dict) -> dict:
     return {"images": loaded["accepted"], "rejected": loaded["rejected"], "load_s": load_s,
             "featurize_s": featurize_s, "engine": featurized["engine"], "train_rows": n_train, "classes": len(classes),
             "single_fit_s": single_s, "grid_s": grid_s, "grid_points": len(tuned.grid),
-            "folds": cfg["train"]["folds"], "best_params": tuned.best_params, "test_accuracy": accuracy}
+            "folds": cfg.train.folds, "best_params": tuned.best_params, "test_accuracy": accuracy}
 
 
 def stages_workload(args: dict) -> dict:
@@ -241,8 +238,7 @@ def stages_workload(args: dict) -> dict:
     from sparkvision.stages import pipeline
 
     spark = _spark(args)
-    cfg = _config(args, os.path.join(args["work"], "stages-out", f"{args['model']}-{args['label']}"))
-    cfg["train"].update(args["grid"])
+    cfg = _config(args, os.path.join(args["work"], "stages-out", f"{args['model']}-{args['label']}"), args["grid"])
     phases, results = {}, {}
     for name, stage in (("load", pipeline.stage_load), ("featurize", pipeline.stage_featurize),
                         ("train", pipeline.stage_train), ("evaluate", pipeline.stage_evaluate)):

@@ -1,5 +1,5 @@
 """Messi vs Ronaldo: the original sparkdl recipe, run on sparkvision. Only the imports and the data paths
-differ from the sparkdl version (README "Moving from sparkdl"); the last part adds the honest metrics.
+differ from the sparkdl version (docs/sparkdl-migration.md); the last part adds the honest metrics.
 
     .venv/bin/python examples/messi_ronaldo.py [--images ../shared/data/football] [--network InceptionV3 --weights FILE]
 """

@@ -5,7 +5,7 @@ if ! command -v java >/dev/null 2>&1; then
   echo "sparkvision: Java was not found; PySpark 4 needs Java 17+." >&2
   echo "  Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless" >&2
   echo "  macOS:         brew install openjdk@17" >&2
-  echo "  or run everything in the project's Docker image (see README)." >&2
+  echo "  or run everything in the project's Docker image (see docs/docker-standalone.md)." >&2
   exit 1
 fi
 version=$(java -version 2>&1 | awk -F'"' '/version/ {print $2; exit}')

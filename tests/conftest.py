@@ -89,12 +89,10 @@ def digits_model(spark, digits_small, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def football_loaded(spark, football):
-    from sparkvision import settings as config
+    from sparkvision.settings import DataSettings
     from sparkvision.stages import load as loader
 
-    data = config.defaults()["data"]
-    data["images"] = str(football)
-    return loader.load_images(spark, data)
+    return loader.load_images(spark, DataSettings(images=str(football)))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The image's modes (README "Docker and standalone Spark"):
+# The image's modes (docs/docker-standalone.md):
 #   test [pytest args]          the test suite (test image)
 #   sparkvision ARGS            any job, e.g. `sparkvision run` (the demo)
 #   master                      a standalone master in the foreground

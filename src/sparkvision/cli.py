@@ -16,7 +16,19 @@ import os
 import sys
 import time
 
+from sparkvision import secrets
 from sparkvision import settings as config_mod
+from sparkvision.deploy import cli as deploy_cli
+from sparkvision.deploy.clusters import ClusterSpecError
+from sparkvision.errors import (CheckpointError, ChecksumMismatchError, ConfigError, LoadError, OutputLocked, StackError,
+                                StaleOutput, StreamConflict, TrackingError, WeightsChecksumError, WeightsNotFoundError)
+from sparkvision.ml.models import registry
+from sparkvision.ml.models.weights import file_digest, resolve_weights
+from sparkvision.run import stack
+from sparkvision.run.layout import PredictionLayout, RunLayout
+from sparkvision.run.sample_data import make_digits
+from sparkvision.run.spark import quiet, spark_from_config
+from sparkvision.settings import Settings
 
 DEMO_OUTPUT = os.path.join("runs", "demo")
 
@@ -45,8 +57,6 @@ def _tracked(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sparkvision.deploy import cli as deploy_cli
-
     parser = argparse.ArgumentParser(prog="sparkvision", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {
@@ -99,52 +109,47 @@ FLAGS = {"output": "output.dir", "master": "spark.master", "remote": "spark.remo
          "trigger": "stream.trigger", "checkpoint": "stream.checkpoint", "max_files_per_trigger": "stream.max_files_per_trigger"}
 
 
-def resolve_config(args: argparse.Namespace) -> config_mod.Config:
+def resolve_config(args: argparse.Namespace) -> Settings:
+    """The settings of this command: ``--config``, then ``--set``, then the flags (typed, never YAML)."""
     values = {key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag, None) is not None}
     if args.command in ("predict", "stream"):
         values.pop("data.images", None)  # predict's --images is its unlabelled input, not training data
     return config_mod.load(args.config, list(args.overrides), values)
 
 
-def _is_demo(cfg: config_mod.Config, args: argparse.Namespace) -> bool:
-    """``run`` without input: the demo, whose output defaults to runs/demo."""
-    if args.command != "run" or cfg["data"]["images"] or cfg["data"]["manifest"]:
-        return False
+def _is_demo(cfg: Settings, args: argparse.Namespace) -> bool:
+    """``run`` without input: the demo, on the sample digits."""
+    return args.command == "run" and not (cfg.data.images or cfg.data.manifest)
+
+
+def demo_settings(cfg: Settings, args: argparse.Namespace) -> Settings:
+    """The demo's settings: its output folder (runs/demo unless one was given) and the sample images in it."""
+    out = cfg.output.dir
     if not args.output and not (args.config or any(o.startswith("output.dir") for o in args.overrides)):
-        cfg["output"]["dir"] = DEMO_OUTPUT
-    return True
+        out = DEMO_OUTPUT
+    return cfg.replace(**{"output.dir": out, "data.images": RunLayout(out).sample_data})
 
 
-def _demo_data(cfg: config_mod.Config) -> None:
-    """The sample digits, written into the run's output folder (under its lock: a second demo on the same
-    folder is refused before it touches the first one's images)."""
-    from sparkvision.run.layout import RunLayout
-    from sparkvision.run.sample_data import make_digits
-
-    dest = RunLayout(cfg["output"]["dir"]).sample_data
-    make_digits(dest, clean=True)
-    cfg["data"]["images"] = dest
-    logging.getLogger("sparkvision").info("demo: sample dataset (scikit-learn digits, 10 x 20 images) at %s", dest)
+def _demo_data(cfg: Settings) -> None:
+    """The sample digits, written where the demo's settings say (``data.images``, in the run's output folder;
+    under its lock: a second demo on the same folder is refused before it touches the first one's images)."""
+    make_digits(cfg.data.images, clean=True)
+    logging.getLogger("sparkvision").info("demo: sample dataset (scikit-learn digits, 10 x 20 images) at %s",
+                                          cfg.data.images)
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from sparkvision.ml.models import registry
-    from sparkvision.ml.models.weights import file_digest, resolve_weights
-
     for name in args.networks:
         try:
             spec = registry.get(name)
         except KeyError as exc:
-            raise config_mod.ConfigError(exc.args[0]) from None
+            raise ConfigError(exc.args[0]) from None
         path = resolve_weights(spec, cache_dir=args.cache_dir, mirror_url=args.mirror, allow_download=not args.offline)
         print(f"{spec.name}\t{path}\tsha256:{file_digest(path)}")
     return 0
 
 
 def _setup_logging(verbose: bool) -> None:
-    from sparkvision import secrets
-    from sparkvision.run.spark import quiet
-
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("py4j", "matplotlib", "PIL", "urllib3"):
@@ -154,44 +159,39 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from sparkvision.stages import pipeline
-    from sparkvision.run.layout import RunLayout
-    from sparkvision.run.spark import spark_from_config
-
-    from sparkvision.run import stack
+    from sparkvision.stages import pipeline  # lazy: pyspark (optional) comes with the stages
+    from sparkvision.tracking import runs as tracking  # lazy: pyspark (optional) comes with the tracking
 
     stack.check()
     cfg = resolve_config(args)
     demo = _is_demo(cfg, args)
-    if args.command == "load" and not (cfg["data"]["images"] or cfg["data"]["manifest"]):
-        raise config_mod.ConfigError("no input: give --images DIR or --manifest CSV (or data.* in --config)")
-    from sparkvision.tracking import runs as tracking
-
+    if demo:
+        cfg = demo_settings(cfg, args)
+    if args.command == "load" and not (cfg.data.images or cfg.data.manifest):
+        raise ConfigError("no input: give --images DIR or --manifest CSV (or data.* in --config)")
     tracked = tracking.enabled(cfg)
-    if cfg["mlflow"]["registered_model"] and not tracked:
-        raise config_mod.ConfigError("--register (mlflow.registered_model) needs MLflow tracking: set "
-                                     "MLFLOW_TRACKING_URI or mlflow.tracking_uri")
+    if cfg.mlflow.registered_model and not tracked:
+        raise ConfigError("--register (mlflow.registered_model) needs MLflow tracking: set "
+                          "MLFLOW_TRACKING_URI or mlflow.tracking_uri")
     if args.command == "stream":
         return _stream(args, cfg, tracked)
     if args.command == "predict":
         if not args.output:
-            raise config_mod.ConfigError("predict needs --output DIR (the predictions folder)")
+            raise ConfigError("predict needs --output DIR (the predictions folder)")
         registered = tracking.is_model_uri(args.model)
         if registered and not tracked:
-            raise config_mod.ConfigError(f"--model {args.model}: a registered model needs MLflow tracking: set "
-                                         "MLFLOW_TRACKING_URI or mlflow.tracking_uri")
+            raise ConfigError(f"--model {args.model}: a registered model needs MLflow tracking: set "
+                              "MLFLOW_TRACKING_URI or mlflow.tracking_uri")
         with pipeline.output_lock(args.output, "predict"):
             spark = spark_from_config(cfg, args.verbose)
             model, source = args.model, None
             if registered:
-                from sparkvision.run.layout import PredictionLayout
-
                 model = PredictionLayout(args.output).model
                 source = tracking.fetch_model(cfg, args.model, model)
             summary = pipeline.stage_predict(spark, cfg, model, args.images, args.output, source)
         print(f"predictions: {summary['csv']} ({summary['accepted']} images, {summary['rejected']} rejected)")
         return 0
-    out = cfg["output"]["dir"]
+    out = cfg.output.dir
     started = time.time()
     if tracked and args.command in tracking.GROUPS:
         tracking.connect(cfg)  # before any work: an unreachable server fails now, not after training
@@ -211,28 +211,23 @@ def _pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stream(args: argparse.Namespace, cfg: config_mod.Config, tracked: bool) -> int:
-    from sparkvision.stages import pipeline
-    from sparkvision.stages import stream
-    from sparkvision.tracking import runs as tracking
-    from sparkvision.run.spark import spark_from_config
+def _stream(args: argparse.Namespace, cfg: Settings, tracked: bool) -> int:
+    from sparkvision.stages import pipeline, stream  # lazy: pyspark (optional) comes with the stages
+    from sparkvision.tracking import runs as tracking  # lazy: pyspark (optional) comes with the tracking
 
     if not args.output:
-        raise config_mod.ConfigError("stream needs --output DIR (its predictions and rejected tables)")
+        raise ConfigError("stream needs --output DIR (its predictions and rejected tables)")
     model, name = args.model, args.model
     with pipeline.output_lock(args.output, "stream"):
         spark = spark_from_config(cfg, args.verbose)
         if tracking.is_model_uri(args.model):
             if not tracked:
-                raise config_mod.ConfigError(f"--model {args.model}: a registered model needs MLflow tracking: set "
-                                             "MLFLOW_TRACKING_URI or mlflow.tracking_uri")
-            from sparkvision.run.layout import PredictionLayout
-
+                raise ConfigError(f"--model {args.model}: a registered model needs MLflow tracking: set "
+                                  "MLFLOW_TRACKING_URI or mlflow.tracking_uri")
             model = PredictionLayout(args.output).model
             source = tracking.fetch_model(cfg, args.model, model)
             name = source.get("version") or args.model
-        summary = stream.run(spark, cfg, model, name, args.images, args.output, cfg["stream"]["trigger"],
-                             cfg["stream"]["checkpoint"], args.timeout, pipeline.runtime_settings(cfg))
+        summary = stream.run(spark, cfg, model, name, args.images, args.output, args.timeout)
     print(f"stream: {summary['predicted']} images predicted, {summary['rejected']} rejected in "
           f"{summary['batches']} micro-batches; tables {summary['predictions']} and {summary['rejected_table']}")
     return 0
@@ -241,26 +236,13 @@ def _stream(args: argparse.Namespace, cfg: config_mod.Config, tracked: bool) -> 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
-    from sparkvision import secrets
-    from sparkvision.deploy import cli as deploy_cli
-    from sparkvision.deploy.clusters import ClusterSpecError
-    from sparkvision.stages.load import LoadError
-    from sparkvision.ml.featurizer import WeightsChecksumError
-    from sparkvision.ml.models.torch_legacy import CheckpointError
-    from sparkvision.ml.models.weights import ChecksumMismatchError, WeightsNotFoundError
-    from sparkvision.run.provenance import StaleOutput
-    from sparkvision.run.stack import StackError
-    from sparkvision.run.storage import OutputLocked
-    from sparkvision.stages.stream import StreamConflict
-    from sparkvision.tracking.runs import TrackingError
-
     try:
         if args.command in deploy_cli.COMMANDS:
             return deploy_cli.COMMANDS[args.command](args)
         if args.command == "weights":
             return _weights(args)
         return _pipeline(args)
-    except (config_mod.ConfigError, ClusterSpecError, LoadError, FileNotFoundError, WeightsNotFoundError,
+    except (ConfigError, ClusterSpecError, LoadError, FileNotFoundError, WeightsNotFoundError,
             StaleOutput, OutputLocked, CheckpointError, WeightsChecksumError, ChecksumMismatchError,
             StackError, StreamConflict, TrackingError) as exc:
         print(f"sparkvision: error: {secrets.redact_text(str(exc))}", file=sys.stderr)

@@ -11,7 +11,7 @@ from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import functions as F
 
 from sparkvision.compat import sparkdl
-from sparkvision.compat._shipped import ShippedModel
+from sparkvision.compat._common import ShippedModel
 from sparkvision.compat.sparkdl import SparkdlCompatWarning
 
 SIZE = 8
@@ -378,7 +378,7 @@ def _tar(members) -> bytes:
 
 
 def test_shipped_saved_model_archive_unpacks_files_and_refuses_escapes(tmp_path):
-    from sparkvision.compat._shipped import _extract
+    from sparkvision.compat._common import _extract
 
     good = tmp_path / "good"
     _extract(_tar([("variables", b"", "dir"), ("variables/v.index", b"abc", "file"), ("saved_model.pb", b"pb", "file")]),

@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,22 +10,15 @@ import pytest
 from sparkvision import cli
 from sparkvision.deploy import bundle, databricks
 
+from bundle_helpers import ROOT, engines_extra
 from fake_databricks import METRICS, SHORT_NAME, TOKEN, USER, FakeWorkspace
 
 pytest.importorskip("databricks.sdk")
 # The run-time stack's TensorFlow and Keras, which classic tasks install beside the wheel (jobs/compute.yml).
-with open(Path(__file__).parents[2] / "pyproject.toml", "rb") as _f:
-    ENGINES = tomllib.load(_f)["project"]["optional-dependencies"]["engines"]  # the bundle installs them too
+ENGINES = engines_extra()  # the bundle installs them too
 STACK_LIBRARIES = [{"pypi": {"package": "tensorflow>=2.16,<3"}}, {"pypi": {"package": "keras>=3.0,<4"}},
                    *({"pypi": {"package": p}} for p in ENGINES)]
-ROOT = Path(__file__).resolve().parents[2]
 WHEEL_DIR = f"/Workspace/Users/{USER}/.sparkvision/wheels"
-
-
-@pytest.fixture
-def project(bundle_copy) -> Path:
-    """A copy of what the bundle reads, for per-target variable files."""
-    return bundle_copy
 
 
 @pytest.fixture

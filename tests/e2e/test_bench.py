@@ -9,11 +9,12 @@ import hashlib
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 report = pytest.importorskip("bench.report", reason="bench/ is not in this checkout (it is not in the wheel)")
-from bench import data, procs  # noqa: E402
+from bench import data, procs, stream  # noqa: E402
 
 
 def _digest(folder):
@@ -137,7 +138,7 @@ def test_scale_table_shows_each_stage_and_its_peak():
     assert "| 1.00 / 3.50 / 2.00 / 1.50 | 1.000 |" in table
 
 
-def test_markdown_table_and_readme_block(tmp_path):
+def test_markdown_table_and_performance_page_block(tmp_path):
     results = _results()
     results["acceptance"] = report.acceptance(results)
     table = report.markdown(results)
@@ -145,15 +146,29 @@ def test_markdown_table_and_readme_block(tmp_path):
     assert ("| efficientnet_lite0 | 320 generated | 30.0 | 80.0 | 40.0 | 125.0 (openvino) | 1.56 | 0.83 | 1.04 "
             "| 100.0 | 0.83 | 70.0 | - | - | - |") in table
     assert "`python -m bench featurize`" in table and "**fail**" in table
-    readme = tmp_path / "README.md"
+    page = tmp_path / "performance.md"
     start, end = report.FEATURIZE_MARKERS
-    readme.write_text(f"intro\n{start}\nOLD-TABLE\n{end}\nrest\n")
-    report.update_readme(readme, table)
-    text = readme.read_text()
+    page.write_text(f"intro\n{start}\nOLD-TABLE\n{end}\nrest\n")
+    report.update_page(page, table)
+    text = page.read_text()
     assert "OLD-TABLE" not in text and table in text and text.startswith("intro\n") and text.endswith("rest\n")
-    readme.write_text("no markers\n")
+    page.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers"):
-        report.update_readme(readme, table)
+        report.update_page(page, table)
+
+
+def test_performance_page_is_the_only_page_with_the_benchmark_markers():
+    # `--readme` (make bench, bench-scale, bench-stream) rewrites docs/performance.md between these markers.
+    root = Path(__file__).resolve().parents[2]
+    markers = [report.FEATURIZE_MARKERS, report.SCALE_MARKERS, stream.MARKERS]
+    page = (root / report.PAGE).read_text()
+    for start, end in markers:
+        assert page.count(start) == 1 and page.count(end) == 1 and page.index(start) < page.index(end), start
+    others = [root / "README.md", root / "bench" / "README.md", *(root / "docs").glob("*.md")]
+    for other in others:
+        if other.resolve() != (root / report.PAGE).resolve() and other.exists():
+            text = other.read_text()
+            assert not any(m in text for pair in markers for m in pair), other
 
 
 def test_generated_images_are_the_same_from_a_process_pool(tmp_path):

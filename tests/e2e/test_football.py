@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from sparkvision import settings as config
+from sparkvision.settings import DataSettings, TrainSettings
 
 from sparkvision.stages import evaluate
 
@@ -16,7 +16,7 @@ SEEDS = [12, 1, 2, 3, 4]
 
 def split_accuracies(features) -> tuple[list[float], list[float]]:
     """Test accuracy and ROC AUC on each of the :data:`SEEDS` splits, the model tuned on each split's train rows."""
-    train_cfg = {**config.defaults()["train"], "reg_param": [0.01, 0.1], "elastic_net_param": [0.0], "max_iter": [100]}
+    train_cfg = TrainSettings(reg_param=(0.01, 0.1), elastic_net_param=(0.0,), max_iter=(100,))
     accuracies, aucs = [], []
     for seed in SEEDS:
         split = stratified_split(features, test_fraction=1 / 3, seed=seed)
@@ -83,9 +83,7 @@ def test_draft_decoding_of_12_megapixel_photos(spark, football, tmp_path, capsys
         with Image.open(src) as img:
             big = img.convert("RGB").resize((4032, 3024), Image.BICUBIC)
         big.save(tmp_path / src.parent.name / f"{src.stem}.jpg", quality=92)
-    data = config.defaults()["data"]
-    data["images"] = str(tmp_path)
-    images = loader.load_images(spark, data).images
+    images = loader.load_images(spark, DataSettings(images=str(tmp_path))).images
     means = {}
     for draft in (False, True):
         f = DeepImageFeaturizer(modelName="efficientnet_lite0", draft=draft)

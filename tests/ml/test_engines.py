@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from pyspark.ml import PipelineModel
 
-from sparkvision.ml import engines
+from sparkvision.ml import engine_exports, engines
 from sparkvision.run import images as imglib
 from sparkvision.ml.featurizer import DeepImageFeaturizer
 from sparkvision.ml.models import registry
 from sparkvision.ml.models.weights import file_digest, resolve_weights
+from sparkvision.settings import DataSettings
+from sparkvision.stages import load as loader
 
 MODEL = "efficientnet_lite0"
 ONNX_ENGINES = [e for e in ("onnxruntime", "openvino") if e in engines.installed()]
@@ -77,40 +79,40 @@ def test_export_once_verified_and_redone_when_changed(lite0, engine_cache, caplo
     spec, weights = lite0
     engine = ONNX_ENGINES[0]
     sha = file_digest(weights)
-    folder = engines.ensure_export(spec.name, weights, sha, engine, engine_cache)
+    folder = engine_exports.ensure_export(spec.name, weights, sha, engine, engine_cache)
     assert folder == engine_cache / "engines" / f"{spec.name}-{sha[:16]}" / engine
     manifest = json.loads((folder / "manifest.json").read_text())
     assert (manifest["model"], manifest["weights_sha256"], manifest["engine"]) == (spec.name, sha, engine)
     artifact = folder / ("model.onnx" if engine == "onnxruntime" else "model.xml")
     before = artifact.stat().st_mtime_ns
-    assert engines.ensure_export(spec.name, weights, sha, engine, engine_cache) == folder
+    assert engine_exports.ensure_export(spec.name, weights, sha, engine, engine_cache) == folder
     assert artifact.stat().st_mtime_ns == before  # found, not exported again
 
     blob = folder / ("model.onnx" if engine == "onnxruntime" else "model.bin")
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))  # a changed (or crafted) export is never loaded
-    engines.ensure_export(spec.name, weights, sha, engine, engine_cache)
+    engine_exports.ensure_export(spec.name, weights, sha, engine, engine_cache)
     assert "changed since it was exported" in caplog.text
-    assert engines._sha256(blob) == json.loads((folder / "manifest.json").read_text())["files"][blob.name]
+    assert engine_exports._sha256(blob) == json.loads((folder / "manifest.json").read_text())["files"][blob.name]
 
 
 @needs_onnx
 def test_export_refuses_weights_with_another_checksum(lite0, tmp_path):
     spec, weights = lite0
     with pytest.raises(engines.EngineError, match="do not have sha256"):
-        engines.export(spec.name, weights, "0" * 64, ONNX_ENGINES[0], tmp_path)
+        engine_exports.export(spec.name, weights, "0" * 64, ONNX_ENGINES[0], tmp_path)
 
 
 @needs_onnx
 def test_a_worker_on_an_exported_engine_never_imports_tensorflow(lite0, engine_cache, pixels, reference, tmp_path):
     spec, weights = lite0
     engine = ONNX_ENGINES[0]
-    engines.ensure_export(spec.name, weights, file_digest(weights), engine, engine_cache)
+    engine_exports.ensure_export(spec.name, weights, file_digest(weights), engine, engine_cache)
     np.save(tmp_path / "pixels.npy", pixels[:4])
     code = (
         "import sys, numpy as np\n"
-        "from sparkvision import network\n"
+        "from sparkvision.ml import network\n"
         "network.configure(1)\n"
         f"key = network.WorkerModelKey.of({spec.name!r}, {weights!r}, {str(engine_cache)!r}, None, False, "
         f"{file_digest(weights)!r}, {engine!r})\n"
@@ -164,13 +166,7 @@ def test_featurizer_engine_params_validated_and_persisted(spark, tmp_path):
 def test_pipeline_saved_with_one_engine_predicts_with_another(spark, digits_small, tmp_path):
     from pyspark.ml import Pipeline
 
-    from sparkvision import settings as config
-
-    from sparkvision.stages import load as loader
-
-    data = config.defaults()["data"]
-    data["images"] = str(digits_small)
-    images = loader.load_images(spark, data).images.limit(8)
+    images = loader.load_images(spark, DataSettings(images=str(digits_small))).images.limit(8)
     saved_with = ONNX_ENGINES[-1]
     model = Pipeline(stages=[DeepImageFeaturizer(engine=saved_with, batchSize=4)]).fit(images)
     model.write().overwrite().save(str(tmp_path / "m"))
@@ -223,12 +219,12 @@ SHA = "ab" * 32
 
 
 def _fake_export(root: Path, engine: str = "onnxruntime", files: dict | None = None) -> Path:
-    """An export folder as :func:`engines.export` leaves one (mode 755, files 644, manifest last)."""
+    """An export folder as :func:`engine_exports.export` leaves one (mode 755, files 644, manifest last)."""
     import hashlib
 
     files = files or {"model.onnx": b"a graph"} if engine == "onnxruntime" else files or {
         "model.xml": b"<net/>", "model.bin": b"weights"}
-    folder = engines.export_dir(MODEL, SHA, engine, root)
+    folder = engine_exports.export_dir(MODEL, SHA, engine, root)
     for path in (root, folder.parent):
         if not path.exists():  # made as the export makes them, whatever the umask
             path.mkdir(parents=True)
@@ -236,10 +232,10 @@ def _fake_export(root: Path, engine: str = "onnxruntime", files: dict | None = N
     folder.mkdir()
     for name, data in files.items():
         (folder / name).write_bytes(data)
-    manifest = {"model": MODEL, "weights_sha256": SHA, "engine": engine, "format": engines.EXPORT_FORMAT,
+    manifest = {"model": MODEL, "weights_sha256": SHA, "engine": engine, "format": engine_exports.EXPORT_FORMAT,
                 "files": {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    engines._seal(folder)
+    engine_exports._seal(folder)
     return folder
 
 
@@ -250,28 +246,28 @@ def roots(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    monkeypatch.setattr(engines, "_PRIVATE_ROOTS", {})
+    monkeypatch.setattr(engine_exports, "_PRIVATE_ROOTS", {})
     exported: list[Path] = []
 
     def export(spec_name, weights_path, sha256, engine, root):
         exported.append(Path(root))
-        target = engines.export_dir(spec_name, sha256, engine, root)
+        target = engine_exports.export_dir(spec_name, sha256, engine, root)
         if target.exists():
             import shutil
 
             shutil.rmtree(target)
         _fake_export(Path(root), engine, {"model.onnx": b"exported here"})
 
-    monkeypatch.setattr(engines, "_export_subprocess", export)
+    monkeypatch.setattr(engine_exports, "_export_subprocess", export)
     cache = tmp_path / "cache"
-    found = engines.export_roots(cache)
+    found = engine_exports.export_roots(cache)
     assert found == [cache / "engines", tmp_path / "xdg" / "sparkvision" / "engines",
                      tmp_path / "tmp" / f"sparkvision-engines-{os.getuid()}"]
     return cache, found, exported
 
 
 def _ensure(cache) -> Path:
-    return engines.ensure_export(MODEL, "/unused/weights.h5", SHA, "onnxruntime", cache)
+    return engine_exports.ensure_export(MODEL, "/unused/weights.h5", SHA, "onnxruntime", cache)
 
 
 def test_a_trusted_export_is_used_as_it_is(roots):
@@ -287,7 +283,7 @@ def test_a_world_writable_export_folder_is_ignored_and_redone_elsewhere(roots, c
     folder = _ensure(cache)
     why = f"export folder {planted} is group- or world-writable (mode 777)"
     assert f"engine export {planted} ignored: {why}" in caplog.text
-    assert exported == [second] and folder == engines.export_dir(MODEL, SHA, "onnxruntime", second)
+    assert exported == [second] and folder == engine_exports.export_dir(MODEL, SHA, "onnxruntime", second)
     assert (planted / "model.onnx").read_bytes() == b"a graph"  # left alone, never loaded
 
 
@@ -326,18 +322,18 @@ def test_a_planted_temp_root_is_never_used_and_the_export_goes_to_a_private_fold
     assert f"engines root {tmp_root} is owned by uid 65534" in caplog.text
     private = exported[0]
     assert private not in found and private.name.startswith(f"sparkvision-engines-{os.getuid()}-")
-    assert private.stat().st_mode & 0o777 == 0o700 and folder == engines.export_dir(MODEL, SHA, "onnxruntime", private)
+    assert private.stat().st_mode & 0o777 == 0o700 and folder == engine_exports.export_dir(MODEL, SHA, "onnxruntime", private)
 
 
 def test_a_file_the_manifest_does_not_list_or_a_weights_file_it_omits_is_not_used(roots, caplog):
     cache, (first, *_), _ = roots
     folder = _fake_export(first)
     (folder / "extra.so").write_bytes(b"\x7fELF")
-    assert not engines._usable(folder, first, MODEL, SHA, "onnxruntime")
+    assert not engine_exports._usable(folder, first, MODEL, SHA, "onnxruntime")
     assert "extra.so not in its manifest" in caplog.text
     ov = _fake_export(first, "openvino", {"model.xml": b"<net/>"})  # model.bin unlisted: unverified weights
     (ov / "model.bin").write_bytes(b"anything")
-    assert not engines._usable(ov, first, MODEL, SHA, "openvino")
+    assert not engine_exports._usable(ov, first, MODEL, SHA, "openvino")
 
 
 def test_an_export_is_sealed_whatever_the_umask(tmp_path):
@@ -347,7 +343,7 @@ def test_an_export_is_sealed_whatever_the_umask(tmp_path):
         folder.mkdir()
         (folder / "model.onnx").write_bytes(b"g")
         assert (folder / "model.onnx").stat().st_mode & 0o020
-        engines._seal(folder)
+        engine_exports._seal(folder)
     finally:
         os.umask(old)
     assert (folder / "model.onnx").stat().st_mode & 0o777 == 0o644 and folder.stat().st_mode & 0o777 == 0o755

@@ -7,19 +7,16 @@ from pyspark.sql import functions as F
 
 from sparkvision.run import images as imglib
 from sparkvision.ml.featurizer import DeepImageFeaturizer, WeightsChecksumError
-from sparkvision.ml.network import inference_function
+from sparkvision.ml.graph import inference_function
 from sparkvision.ml.models import registry
 from sparkvision.ml.models.weights import resolve_weights
+from sparkvision.settings import DataSettings
+from sparkvision.stages import load as loader
 
 
 @pytest.fixture(scope="module")
 def digits_images(spark, digits_small):
-    from sparkvision import settings as config
-    from sparkvision.stages import load as loader
-
-    data = config.defaults()["data"]
-    data["images"] = str(digits_small)
-    return loader.load_images(spark, data).images
+    return loader.load_images(spark, DataSettings(images=str(digits_small))).images
 
 
 @pytest.fixture(scope="module")

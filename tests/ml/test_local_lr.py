@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from pyspark.ml.classification import LogisticRegression
@@ -10,6 +12,7 @@ from pyspark.ml.linalg import Vectors
 
 from sparkvision.ml import local_lr
 
+from sparkvision.settings import TrainSettings
 from sparkvision.stages import train
 
 
@@ -54,16 +57,17 @@ def test_metrics_match_spark_evaluator(spark):
         assert local_lr.metric(name, y, proba) == pytest.approx(expected, rel=1e-9), name
 
 
-def _cfg(tuning: str) -> dict:
-    return {"reg_param": [0.01, 0.1, 3.0], "elastic_net_param": [0.0], "max_iter": [500], "folds": 3,
-            "standardization": False, "metric": "logLoss", "seed": 5, "tuning": tuning, "local_max_mb": 64}
+def _settings(tuning: str, **changes) -> TrainSettings:
+    return dataclasses.replace(
+        TrainSettings(reg_param=(0.01, 0.1, 3.0), elastic_net_param=(0.0,), max_iter=(500,), folds=3,
+                      standardization=False, metric="logLoss", seed=5, tuning=tuning, local_max_mb=64), **changes)
 
 
 def test_local_tuning_agrees_with_crossvalidator(spark):
     x, y = _blobs(3, n=60)
     df = _frame(spark, x, y).cache()
-    local = train.tune(df, 3, _cfg("auto"))
-    cv = train.tune(df, 3, _cfg("spark"))
+    local = train.tune(df, 3, _settings("auto"))
+    cv = train.tune(df, 3, _settings("spark"))
     assert local.engine == "local" and cv.engine == "spark"
     assert local.best_params == cv.best_params
     np.testing.assert_allclose([r["mean"] for r in local.grid], [r["mean"] for r in cv.grid], atol=2e-3)
@@ -122,9 +126,9 @@ def test_logistic_model_coefficients_are_one_folded_constant(spark):
 
 def test_auto_falls_back_to_crossvalidator_when_features_do_not_fit(spark):
     x, y = _blobs(2, n=30)
-    cfg = {**_cfg("auto"), "reg_param": [0.1], "max_iter": [5], "local_max_mb": 1}
+    settings = _settings("auto", reg_param=(0.1,), max_iter=(5,), local_max_mb=1)
     df = _frame(spark, np.repeat(x, 3000, axis=1), y)  # 30 x 18,000 doubles = 4.1 MB > 1 MB
-    assert train.tune(df, 2, cfg).engine == "spark"
+    assert train.tune(df, 2, settings).engine == "spark"
 
 
 def test_local_engine_is_bounded_by_the_drivers_heap(spark):
@@ -132,15 +136,15 @@ def test_local_engine_is_bounded_by_the_drivers_heap(spark):
     when the matrix is over heap / DRIVER_HEAP_SHARE, whatever train.local_max_mb allows."""
     from sparkvision.run.spark import _size_bytes, driver_heap_bytes
 
-    cfg = {**_cfg("auto"), "local_max_mb": 512}
+    settings = _settings("auto", local_max_mb=512)
     heap = 2**30
     fits = (heap // train.DRIVER_HEAP_SHARE) // (1280 * 4)  # rows of 1280 float32 features within the share
-    assert train.local_fits(fits, 1280, cfg, remote=False, heap_bytes=heap)
-    assert not train.local_fits(fits + 1, 1280, cfg, remote=False, heap_bytes=heap)
-    assert train.local_fits(fits + 1, 1280, cfg, remote=False, heap_bytes=3 * heap)  # a 3 GB driver takes it
-    assert not train.local_fits(60_000, 1280, cfg, remote=False, heap_bytes=8 * heap)  # local_max_mb still bounds
-    assert train.local_fits(6_000, 1280, cfg, remote=True, heap_bytes=None)  # 30 MB over Connect
-    assert not train.local_fits(14_000, 1280, cfg, remote=True, heap_bytes=None)  # over CONNECT_LOCAL_MAX_BYTES
+    assert train.local_fits(fits, 1280, settings, remote=False, heap_bytes=heap)
+    assert not train.local_fits(fits + 1, 1280, settings, remote=False, heap_bytes=heap)
+    assert train.local_fits(fits + 1, 1280, settings, remote=False, heap_bytes=3 * heap)  # a 3 GB driver takes it
+    assert not train.local_fits(60_000, 1280, settings, remote=False, heap_bytes=8 * heap)  # local_max_mb still bounds
+    assert train.local_fits(6_000, 1280, settings, remote=True, heap_bytes=None)  # 30 MB over Connect
+    assert not train.local_fits(14_000, 1280, settings, remote=True, heap_bytes=None)  # over CONNECT_LOCAL_MAX_BYTES
     # The session's own heap, from its JVM: local mode's default is 1 GB (less what the JVM keeps back).
     assert 2**29 < driver_heap_bytes(spark) <= 2**30
     assert [_size_bytes(v) for v in ("3g", "512m", "2048", "1.5g", "4GB")] == [3 * 2**30, 2**29, 2**31, None, 4 * 2**30]
@@ -150,7 +154,7 @@ _SMALL_HEAP_TUNING = """
 import sys
 import numpy as np, pandas as pd
 from pyspark.ml.functions import array_to_vector
-from sparkvision import settings as config
+from sparkvision.settings import TrainSettings
 from sparkvision.stages import train
 from sparkvision.run.spark import get_spark
 
@@ -165,8 +169,8 @@ del x
 (spark.createDataFrame(frame).select("image_id", "label", "label_index", array_to_vector("x").alias("features"))
  .write.parquet(out))
 del frame
-cfg = {**config.defaults()["train"], "reg_param": [0.1], "elastic_net_param": [0.0], "max_iter": [20], "tuning": "spark"}
-result = train.tune(spark.read.parquet(out), 4, cfg)
+settings = TrainSettings(reg_param=(0.1,), elastic_net_param=(0.0,), max_iter=(20,), tuning="spark")
+result = train.tune(spark.read.parquet(out), 4, settings)
 print("TUNED", result.engine, result.model.coefficientMatrix.numRows, result.model.coefficientMatrix.numCols)
 """
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from badfiles import png_bomb
-from sparkvision import settings as config
+from sparkvision.settings import DataSettings
 from sparkvision.ml import image_model
 from sparkvision.stages import load as loader
 from sparkvision.ml import network
@@ -279,9 +279,7 @@ def test_a_load_rejects_hostile_files_with_reasons(spark, tmp_path, validate):
     for rel, data in {**{k: v[0] for k, v in HOSTILE.items()}, "cats/a.jpg": _good(), "dogs/b.jpg": _good()}.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(data)
-    data_cfg = config.defaults()["data"]
-    data_cfg.update(images=str(tmp_path), validate=validate)
-    result = loader.load_images(spark, data_cfg)
+    result = loader.load_images(spark, DataSettings(images=str(tmp_path), validate=validate))
     assert (result.accepted, result.n_rejected) == (2, len(HOSTILE))
     reasons = {r.image_id: r.reason for r in result.rejected.collect()}
     wrong = {i: reasons.get(i) for i, (_, needle) in HOSTILE.items() if needle not in (reasons.get(i) or "")}

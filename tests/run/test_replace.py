@@ -26,7 +26,7 @@ NEW = {"part-0": b"new 0", "_sparkvision.json": b"{\"fingerprint\": \"new\"}"}
 def _swap_in_a_child(tmp: str, target: str, fault: str | None) -> int:
     """replace_with in another process, killed with SIGKILL at ``fault``; its exit status."""
     env = {**os.environ, faults.ENV: fault or ""}
-    code = "import sys; from sparkvision import storage; storage.replace_with(sys.argv[1], sys.argv[2])"
+    code = "import sys; from sparkvision.run import storage; storage.replace_with(sys.argv[1], sys.argv[2])"
     return subprocess.run([sys.executable, "-c", code, tmp, target], env=env, timeout=120).returncode
 
 

@@ -190,7 +190,7 @@ def _run_chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedPr
 
 
 def screenshot(html_path: str | Path, png_path: str | Path, width: int = 1200, height: int = 1600) -> Path:
-    """A PNG of the page as headless Chromium draws it (for the README); raises if Chromium fails."""
+    """A PNG of the page as headless Chromium draws it (for docs/mlflow.md); raises if Chromium fails."""
     import tempfile
 
     exe = shutil.which("chromium")

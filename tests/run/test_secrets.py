@@ -166,13 +166,13 @@ def test_redaction_table(text, secret):
 
 
 def test_redact_data():
-    cfg = {
+    raw = {
         "network": {"mirror_url": "https://alice:tok@mirror/w", "weights": None, "download": True},
         "spark": {"conf": {"spark.hadoop.fs.s3a.secret.key": "abc", "spark.authenticate.secret.file": "/run/s",
                            "spark.hadoop.fs.s3a.access.key": "{{secrets/aws/id}}", "password": 1234}},
         "notes": [f"uses {DATABRICKS}", ("t", 1)],
     }
-    out = secrets.redact(cfg)
+    out = secrets.redact(raw)
     assert out == {
         "network": {"mirror_url": "https://***@mirror/w", "weights": None, "download": True},
         "spark": {"conf": {"spark.hadoop.fs.s3a.secret.key": secrets.REDACTED,
@@ -180,7 +180,7 @@ def test_redact_data():
                            "spark.hadoop.fs.s3a.access.key": "{{secrets/aws/id}}", "password": secrets.REDACTED}},
         "notes": ["uses ***", ("t", 1)],
     }
-    assert cfg["spark"]["conf"]["spark.hadoop.fs.s3a.secret.key"] == "abc"  # a copy: the input is unchanged
+    assert raw["spark"]["conf"]["spark.hadoop.fs.s3a.secret.key"] == "abc"  # a copy: the input is unchanged
     assert _found(out) == []
 
 

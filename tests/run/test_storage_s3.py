@@ -13,7 +13,7 @@ import subprocess
 import pytest
 from helpers import BUCKET, _keys, s3, s3_server  # noqa: F401 - fixtures
 
-from sparkvision.run import storage
+from sparkvision.run import locks, storage
 from sparkvision.run.layout import MARKER, EvaluationLayout, RunLayout
 
 @pytest.mark.parametrize("scheme", ["s3", "s3a"])
@@ -65,14 +65,14 @@ def test_leftovers_are_cleaned_by_name(s3):
 
 def test_the_run_lock_on_the_bucket(s3):
     lay = RunLayout(f"s3://{BUCKET}/runs/four")
-    with storage.run_lock(lay.lock, "run") as owner:
+    with locks.run_lock(lay.lock, "run") as owner:
         assert json.loads(s3.get_object(Bucket=BUCKET, Key="runs/four/.sparkvision.lock")["Body"].read())["pid"] == owner["pid"]
         holder = subprocess.Popen(["sleep", "30"])
         try:  # another live process holds a second folder's lock: refused, with its owner
             other = RunLayout(f"s3://{BUCKET}/runs/five")
             storage.write_json(other.lock, {**owner, "pid": holder.pid, "command": "train"})
-            with pytest.raises(storage.OutputLocked, match=rf"'sparkvision train' \(pid {holder.pid}"):
-                with storage.run_lock(other.lock, "evaluate"):
+            with pytest.raises(locks.OutputLocked, match=rf"'sparkvision train' \(pid {holder.pid}"):
+                with locks.run_lock(other.lock, "evaluate"):
                     pass
         finally:
             holder.kill()

@@ -3,14 +3,8 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from badfiles import DECODE_ONLY, MAX_FILE_MB, count_entries, make_bad_input_set
-from sparkvision import settings as config
+from sparkvision.settings import DataSettings
 from sparkvision.stages import load as loader
-
-
-def _data_cfg(**kw):
-    cfg = config.defaults()["data"]
-    cfg.update(kw)
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +17,14 @@ def bad_set(tmp_path_factory):
 def bad_loaded(spark, bad_set):
     """The bad set loaded with every image fully decoded (data.validate: full): every reason at load."""
     root, _ = bad_set
-    return loader.load_images(spark, _data_cfg(images=str(root), max_file_mb=MAX_FILE_MB, validate="full"))
+    return loader.load_images(spark, DataSettings(images=str(root), max_file_mb=MAX_FILE_MB, validate="full"))
 
 
 def test_header_validation_leaves_only_pixel_errors_to_featurize(spark, bad_set, bad_loaded):
     """The default: load reads headers only. It rejects everything the full decode rejects, except the
     files whose header is fine and pixels are not (featurize rejects those; test_pipeline)."""
     root, expected = bad_set
-    header = loader.load_images(spark, _data_cfg(images=str(root), max_file_mb=MAX_FILE_MB))
+    header = loader.load_images(spark, DataSettings(images=str(root), max_file_mb=MAX_FILE_MB))
     full = {r.image_id: r.reason for r in bad_loaded.rejected.collect()}
     reasons = {r.image_id: r.reason for r in header.rejected.collect()}
     assert set(full) - set(reasons) == set(DECODE_ONLY)
@@ -79,7 +73,7 @@ def test_macosx_folder_alone_does_not_abort_a_load(spark, tmp_path):
     make_digits(str(tmp_path), per_class=2, digits=(1, 2), size=16)
     (tmp_path / "__MACOSX" / "1").mkdir(parents=True)
     (tmp_path / "__MACOSX" / "1" / "._1_000.png").write_bytes(b"\x00\x05\x16\x07")
-    r = loader.load_images(spark, _data_cfg(images=str(tmp_path)))
+    r = loader.load_images(spark, DataSettings(images=str(tmp_path)))
     assert r.classes == ["1", "2"] and (r.accepted, r.n_rejected) == (4, 1)
 
 
@@ -96,7 +90,7 @@ def test_file_vanishing_between_listing_and_reading_is_a_rejected_row(spark, tmp
         return entries
 
     monkeypatch.setattr(listing, "walk", walk_then_delete)
-    r = loader.load_images(spark, _data_cfg(images=str(tmp_path)))
+    r = loader.load_images(spark, DataSettings(images=str(tmp_path)))
     assert (r.discovered, r.accepted, r.n_rejected) == (6, 5, 1)
     row = r.rejected.first()
     assert row.image_id == "1/1_000.png" and "vanished after listing" in row.reason
@@ -133,7 +127,7 @@ def test_exif_rotated_size_is_upright(bad_loaded):
 
 def test_oversized_file_is_rejected_from_the_listing(spark, bad_set):
     root, _ = bad_set
-    r = loader.load_images(spark, _data_cfg(images=str(root), max_file_mb=0.01))
+    r = loader.load_images(spark, DataSettings(images=str(root), max_file_mb=0.01))
     reasons = {row.image_id: row.reason for row in r.rejected.collect()}
     assert "file too large" in reasons["dogs/bomb.png"]
     assert r.accepted + r.n_rejected == r.discovered
@@ -151,7 +145,7 @@ def test_manifest(spark, bad_set, tmp_path):
         f"{root}/dogs/good3.jpg,hound\n",
         encoding="utf-8",
     )
-    r = loader.load_images(spark, _data_cfg(manifest=str(manifest), validate="full"))
+    r = loader.load_images(spark, DataSettings(manifest=str(manifest), validate="full"))
     assert (r.discovered, r.accepted, r.n_rejected) == (5, 3, 2)
     assert r.classes == ["hound", "tabby"]
     reasons = sorted(row.reason for row in r.rejected.collect())
@@ -164,7 +158,7 @@ def test_manifest_relative_paths_and_missing_file_error_names_row(spark, bad_set
     manifest.write_text("path,label\ncats/good1.jpg,a\ndogs/missing.jpg,b\n", encoding="utf-8")
     try:
         with pytest.raises(loader.LoadError, match=r"row 3: dogs/missing.jpg"):
-            loader.load_images(spark, _data_cfg(manifest=str(manifest)))
+            loader.load_images(spark, DataSettings(manifest=str(manifest)))
     finally:
         manifest.unlink()
 
@@ -178,7 +172,7 @@ def test_manifest_without_label_column(tmp_path):
 
 def test_missing_path(spark, tmp_path):
     with pytest.raises(loader.LoadError, match="does not exist"):
-        loader.load_images(spark, _data_cfg(images=str(tmp_path / "nope")))
+        loader.load_images(spark, DataSettings(images=str(tmp_path / "nope")))
 
 
 def test_fewer_than_two_classes(spark, tmp_path):
@@ -186,7 +180,7 @@ def test_fewer_than_two_classes(spark, tmp_path):
 
     make_digits(str(tmp_path), per_class=2, digits=(3,), size=16)
     with pytest.raises(loader.LoadError, match="at least 2 classes"):
-        loader.load_images(spark, _data_cfg(images=str(tmp_path)))
+        loader.load_images(spark, DataSettings(images=str(tmp_path)))
 
 
 def test_class_without_valid_image(spark, tmp_path):
@@ -196,7 +190,7 @@ def test_class_without_valid_image(spark, tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.jpg").write_bytes(b"nope")
     with pytest.raises(loader.LoadError, match=r"'broken' have no valid image.*not an image"):
-        loader.load_images(spark, _data_cfg(images=str(tmp_path)))
+        loader.load_images(spark, DataSettings(images=str(tmp_path)))
 
 
 def test_unreadable_files_and_folders_are_rejected_rows_on_any_host(tmp_path, monkeypatch):

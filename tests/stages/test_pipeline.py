@@ -9,10 +9,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from sparkvision import cli
-
 from sparkvision import settings as config
-
-from sparkvision.stages import pipeline
+from sparkvision.stages import featurize, pipeline
 
 SMALL_GRID = ["train.reg_param=[0.01, 0.1]", "train.elastic_net_param=[0.0]", "train.max_iter=[30]", "train.folds=2"]
 
@@ -102,16 +100,15 @@ def test_saved_model_reloads_and_predicts_raw_images(spark, run_dir, digits_smal
         np.testing.assert_allclose(r[0], r[1], atol=1e-6)
 
 
-def _cfg(run_dir):
-    cfg = config.load(str(run_dir / "config.yaml"), SMALL_GRID)
-    return cfg
+def _cfg(run_dir, **values):
+    """The run's own settings (its config.yaml), with ``values`` (dotted keys) changed."""
+    return config.load(str(run_dir / "config.yaml"), SMALL_GRID, values)
 
 
 def test_tuning_never_sees_test_rows_and_never_refeaturizes(spark, run_dir, tmp_path):
     work = tmp_path / "copy"
     shutil.copytree(run_dir, work)
-    cfg = _cfg(run_dir)
-    cfg["output"]["dir"] = str(work)
+    cfg = _cfg(run_dir, **{"output.dir": str(work)})
     before = json.loads((run_dir / "train.json").read_text())
     # Scramble every test row's features and remove the raw images: if tuning used test rows, or
     # re-ran the CNN, the result would change or fail.
@@ -140,28 +137,16 @@ def test_tuning_never_sees_test_rows_and_never_refeaturizes(spark, run_dir, tmp_
 def test_rerun_replaces_outputs_without_duplicates(spark, run_dir, tmp_path):
     work = tmp_path / "again"
     shutil.copytree(run_dir, work)
-    cfg = _cfg(run_dir)
-    cfg["output"]["dir"] = str(work)
+    cfg = _cfg(run_dir, **{"output.dir": str(work)})
     pipeline.stage_load(spark, cfg)
     assert spark.read.parquet(str(work / "images.parquet")).count() == 30
     assert not list(work.glob("*.tmp-*")) and not list(work.glob("*.old-*"))
 
 
-def test_flags_are_typed_not_yaml(tmp_path):
-    args = cli.build_parser().parse_args(["run", "--output", "2024", "--images", "my runs #2", "--network", "ResNet50"])
-    cfg = cli.resolve_config(args)
-    assert cfg["output"]["dir"] == "2024" and cfg["data"]["images"] == "my runs #2"
-    assert cfg["network"]["name"] == "ResNet50"
-    args = cli.build_parser().parse_args(["predict", "--model", "m", "--images", "new", "--output", "p #1"])
-    assert cli.resolve_config(args)["data"]["images"] is None  # predict's --images is not training data
-
-
 def _copy_run(run_dir, tmp_path, name="copy"):
     work = tmp_path / name
     shutil.copytree(run_dir, work)
-    cfg = _cfg(run_dir)
-    cfg["output"]["dir"] = str(work)
-    return work, cfg
+    return work, _cfg(run_dir, **{"output.dir": str(work)})
 
 
 def test_new_images_make_features_stale(spark, run_dir, digits_small, tmp_path, capsys):
@@ -169,8 +154,8 @@ def test_new_images_make_features_stale(spark, run_dir, digits_small, tmp_path, 
     images = tmp_path / "more"
     shutil.copytree(digits_small, images)
     (images / "7" / "7_000.png").unlink()
-    cfg["data"]["images"] = str(images)
-    pipeline.stage_load(spark, cfg)  # load re-run on other images; features.parquet is from the old ones
+    # load re-run on other images; features.parquet is from the old ones
+    pipeline.stage_load(spark, cfg.replace(**{"data.images": str(images)}))
     assert cli.main(["train", "--output", str(work), *_args()]) == 2
     err = capsys.readouterr().err
     assert "featurize.json was made from an earlier 'load' output" in err and "run 'sparkvision featurize' again" in err
@@ -229,41 +214,9 @@ def test_readme_stage_table_is_the_layout():
     assert stage_table() in (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
-def test_config_errors_name_the_key(capsys):
-    assert cli.main(["run", "--set", "split.test_fration=0.2"]) == 2
-    assert "split.test_fration" in capsys.readouterr().err
-    assert cli.main(["run", "--set", "split.test_fraction=1.5"]) == 2
-    assert "split.test_fraction" in capsys.readouterr().err
-    with pytest.raises(config.ConfigError, match="'network.name'"):
-        config.load(overrides=["network.name=AlexNet"])
-
-
-def test_bad_yaml_config_names_file_and_section(tmp_path):
-    bad = tmp_path / "c.yml"
-    bad.write_text("trian:\n  folds: 3\n")
-    with pytest.raises(config.ConfigError, match=r"c.yml: unknown section 'trian'"):
-        config.load(str(bad))
-
-
-@pytest.mark.parametrize("command", ["load", "featurize", "train", "evaluate", "predict", "run"])
-def test_every_command_has_help(command, capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main([command, "--help"])
-    assert exc.value.code == 0
-    assert "--" in capsys.readouterr().out
-
-
 def test_missing_previous_stage_is_explained(tmp_path, capsys):
     assert cli.main(["train", "--output", str(tmp_path)]) == 2
     assert "run 'sparkvision featurize' first" in capsys.readouterr().err
-
-
-def test_example_config_documents_the_defaults():
-    example = config.load("examples/config.yml")
-    defaults = config.defaults()
-    assert example["split"]["test_fraction"] == pytest.approx(defaults["split"]["test_fraction"], abs=1e-4)
-    example["split"]["test_fraction"] = defaults["split"]["test_fraction"]
-    assert example == defaults
 
 
 def _shuffles(df) -> bool:
@@ -274,20 +227,19 @@ def test_featurize_uses_parquet_splits_and_shuffles_only_when_they_are_too_few(s
     ids = spark.range(40).selectExpr("cast(id as string) as image_id")
     ids.repartition(4).write.parquet(str(tmp_path / "split"))
     ids.coalesce(1).write.parquet(str(tmp_path / "one"))
-    cfg = config.defaults()
+    cfg = config.Settings()
     cores = spark.sparkContext.defaultParallelism
 
     split = spark.read.parquet(str(tmp_path / "split"))
     assert split.rdd.getNumPartitions() >= cores
-    tasks, n = pipeline.featurize_tasks(spark, cfg, split)
+    tasks, n = featurize.featurize_tasks(spark, cfg, split)
     assert n == split.rdd.getNumPartitions() and not _shuffles(tasks)  # the image bytes are not shuffled
 
     one = spark.read.parquet(str(tmp_path / "one"))
-    tasks, n = pipeline.featurize_tasks(spark, cfg, one)  # one split would leave cores idle
+    tasks, n = featurize.featurize_tasks(spark, cfg, one)  # one split would leave cores idle
     assert n == tasks.rdd.getNumPartitions() == 2 * cores and _shuffles(tasks)
 
-    cfg["featurize"]["partitions"] = 3  # an explicit count always wins
-    tasks, n = pipeline.featurize_tasks(spark, cfg, split)
+    tasks, n = featurize.featurize_tasks(spark, cfg.replace(**{"featurize.partitions": 3}), split)  # a count wins
     assert n == tasks.rdd.getNumPartitions() == 3
     assert sorted(r.image_id for r in tasks.collect()) == sorted(r.image_id for r in ids.collect())
 

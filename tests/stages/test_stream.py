@@ -65,14 +65,15 @@ def test_triggers_parse_and_bad_ones_say_how():
 
 def test_local_folders_are_listed_on_the_driver_object_stores_keep_the_listing_job(spark):
     """Past 32 paths Spark lists a micro-batch's files in a job of one task per file (seconds a batch)."""
+    from sparkvision.settings import StreamSettings
     from sparkvision.stages.stream import LISTING_THRESHOLD, _list_on_driver
 
     before = spark.conf.get(LISTING_THRESHOLD)
-    cfg = {"source": "binaryFile", "max_files_per_trigger": 1000}
+    cfg = StreamSettings(source="binaryFile", max_files_per_trigger=1000)
     try:
         spark.conf.set(LISTING_THRESHOLD, "32")
         _list_on_driver(spark, "s3a://bucket/incoming", cfg)
-        _list_on_driver(spark, "/data/incoming", {**cfg, "source": "cloudFiles"})
+        _list_on_driver(spark, "/data/incoming", StreamSettings(source="cloudFiles", max_files_per_trigger=1000))
         assert spark.conf.get(LISTING_THRESHOLD) == "32"
         _list_on_driver(spark, "/data/incoming", cfg)
         assert int(spark.conf.get(LISTING_THRESHOLD)) >= 100_000

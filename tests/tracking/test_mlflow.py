@@ -21,6 +21,9 @@ from sparkvision import settings as config
 
 from sparkvision.ml import image_model
 
+from sparkvision.run import storage
+from sparkvision.run.layout import RunLayout
+from sparkvision.tracking import pyfunc, server
 from sparkvision.tracking import runs as tracking
 from sparkvision.columns import CONTENT, FEATURES, IMAGE_ID, LABEL_INDEX, PREDICTED_LABEL, PROBABILITY
 from sparkvision.ml.featurizer import DeepImageFeaturizer
@@ -169,7 +172,7 @@ def test_an_alias_is_resolved_once_and_the_version_used_is_the_one_recorded(tmp_
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # restored after the test
     cfg = config.load()
-    client = tracking._mlflow(cfg).MlflowClient()
+    client = server.mlflow_for(cfg).MlflowClient()
     client.create_registered_model("m")
     for v in ("1", "2"):
         artifacts = tmp_path / f"v{v}" / "artifacts"
@@ -203,10 +206,32 @@ def test_an_alias_is_resolved_once_and_the_version_used_is_the_one_recorded(tmp_
 
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", alias_moves_first)
     monkeypatch.setattr(weights, "resolve_weights", lambda *args, **kwargs: None)
-    monkeypatch.setattr(tracking, "_pipeline_of", Pipeline)
+    monkeypatch.setattr(pyfunc, "pipeline_of", Pipeline)
     source = tracking.fetch_model(cfg, "models:/m@champion", str(tmp_path / "model"))
     assert str(client.get_model_version_by_alias("m", "champion").version) == "2"  # the alias did move
     assert downloaded == ["models:/m/1"] and source["version"] == "models:/m/1"
     assert source["uri"] == "models:/m@champion" and source["classes"] == saved[0]["classes"] == ["class-of-v1"]
     with pytest.raises(tracking.TrackingError, match="--model models:/m@nobody"):
         tracking.fetch_model(cfg, "models:/m@nobody", str(tmp_path / "model"))
+
+
+@pytest.mark.parametrize("engine, precision", [("onnxruntime", "fp32"), ("openvino", "bf16")])
+def test_the_logged_engine_and_precision_are_the_ones_featurize_json_says_ran(tmp_path, monkeypatch, engine,
+                                                                              precision):
+    """The config says ``auto`` (or anything): MLflow gets the engine and precision that ran, as the run's
+    featurize.json records them."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'sparkvision[mlflow]')")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # restored after the test
+    cfg = config.load(overrides=[f"output.dir={tmp_path / 'run'}"])
+    lay = RunLayout(cfg.output.dir)
+    storage.makedirs(cfg.output.dir)
+    storage.write_json(lay.featurize, {"model": "efficientnet_lite0", "weights_sha256": "0" * 64, "feature_dim": 1280,
+                                       "engine": engine, "precision": precision, "images_per_second": 9.5})
+    mlflow = server.mlflow_for(cfg)
+    with mlflow.start_run() as run:
+        tracking.LOGGERS["featurize"](mlflow, None, cfg, lay, {})
+    params = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    ran = json.loads((tmp_path / "run" / "featurize.json").read_text())
+    assert cfg.featurize.engine != ran["engine"]  # what ran, not what was asked for
+    assert params["featurize.engine"] == ran["engine"] and params["featurize.precision"] == ran["precision"]
+    assert params["network"] == ran["model"] and params["featurize.batch_size"] == str(cfg.featurize.batch_size)

@@ -99,7 +99,9 @@ def test_the_demo_logs_one_run_equal_to_its_folder(client, demo, tmp_path):
     assert p["split.seed"] == "12" and float(p["split.test_fraction"]) == pytest.approx(1 / 3)
     assert {k: p[f"best.{k}"] for k in train["tuning"]["best_params"]} == {
         k: str(v) for k, v in train["tuning"]["best_params"].items()}
-    assert p["tuning.engine"] == train["tuning"]["engine"] and p["featurize.engine"] == "tensorflow"
+    assert p["tuning.engine"] == train["tuning"]["engine"]
+    # The engine and precision that ran, as the run's featurize.json records them.
+    assert (p["featurize.engine"], p["featurize.precision"]) == (featurize["engine"], featurize["precision"])
     for key in ("accuracy", "baseline_accuracy", "roc_auc", "log_loss", "f1_weighted", "precision_weighted",
                 "recall_weighted"):
         assert m[key] == pytest.approx(metrics[key], abs=1e-12), key
@@ -167,19 +169,19 @@ def test_separate_train_and_evaluate_commands_log_one_run(client, demo, server, 
 
 
 def test_champion_moves_only_for_a_better_model_on_the_same_split(client, demo, server):
-    from sparkvision.tracking import runs as tracking
+    from sparkvision.tracking import registry
 
     out, _ = demo
     uri = json.loads((out / "mlflow.json").read_text())["pyfunc_model_uri"]
     name = "sparkvision_promotion"
-    first = tracking.register(mlflow, uri, name, 0.80, 12, promote=True)
+    first = registry.register(mlflow, uri, name, 0.80, 12, promote=True)
     assert first["aliases"] == ["challenger", "champion"]
-    worse = tracking.register(mlflow, uri, name, 0.70, 12, promote=True)
-    other_split = tracking.register(mlflow, uri, name, 0.99, 13, promote=True)
+    worse = registry.register(mlflow, uri, name, 0.70, 12, promote=True)
+    other_split = registry.register(mlflow, uri, name, 0.99, 13, promote=True)
     assert worse["aliases"] == other_split["aliases"] == ["challenger"]
     assert client.get_model_version_by_alias(name, "champion").version == first["version"]
-    better = tracking.register(mlflow, uri, name, 0.90, 12, promote=True)
-    not_asked = tracking.register(mlflow, uri, name, 0.95, 12, promote=False)
+    better = registry.register(mlflow, uri, name, 0.90, 12, promote=True)
+    not_asked = registry.register(mlflow, uri, name, 0.95, 12, promote=False)
     assert client.get_model_version_by_alias(name, "champion").version == better["version"]
     assert client.get_model_version_by_alias(name, "challenger").version == not_asked["version"]
 
@@ -264,12 +266,12 @@ def test_served_model_answers_a_rest_request_with_one_jpeg(server, football, foo
 
 
 def test_ui_screenshot(server, demo, tmp_path):
-    """With SPARKVISION_SCREENSHOTS=DIR: the MLflow UI's run page and the demo's report.html, as README
+    """With SPARKVISION_SCREENSHOTS=DIR: the MLflow UI's run page and the demo's report.html, as docs/mlflow.md
     shows them (Chromium)."""
     dest = os.environ.get("SPARKVISION_SCREENSHOTS")
     chromium = shutil.which("chromium")
     if not dest or not chromium:
-        pytest.skip("set SPARKVISION_SCREENSHOTS=DIR (and install chromium) to make README's screenshot")
+        pytest.skip("set SPARKVISION_SCREENSHOTS=DIR (and install chromium) to make docs/mlflow.md's screenshots")
     out, _ = demo
     record = json.loads((out / "mlflow.json").read_text())
     url = f"{server}/#/experiments/{record['experiment_id']}/runs/{record['run_id']}"

@@ -37,17 +37,13 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sparkvision import settings as config
-
-from sparkvision.run import images as imglib
-
-from sparkvision.run import listing
-
-from sparkvision.stages import load as loader
-
-from sparkvision.run import storage
 from sparkvision.columns import PATH, REASON
+from sparkvision.run import images as imglib
+from sparkvision.run import listing
+from sparkvision.run import storage
 from sparkvision.run.spark import bound_arrow_batches
+from sparkvision.settings import DataSettings
+from sparkvision.stages import load as loader
 
 # Spark's org.apache.spark.ml.image.ImageSchema, field for field.
 UNDEFINED_IMAGE_TYPE = "Undefined"
@@ -249,8 +245,8 @@ class _ImageSchema:
                              f"got {numPartitions!r}")
         spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
         bound_arrow_batches(spark)
-        data_cfg = config.defaults()["data"]
-        max_bytes, max_pixels = int(data_cfg["max_file_mb"] * 2**20), data_cfg["max_pixels"]
+        data = DataSettings()
+        max_bytes, max_pixels = int(data.max_file_mb * 2**20), data.max_pixels
         skipped, rows = [], []
         for e in _entries(path, recursive):
             if not _sampled(e.image_id, seed, sampleRatio):
@@ -259,7 +255,7 @@ class _ImageSchema:
             if hidden:
                 skipped.append((e.path, hidden))
                 continue
-            why = e.problem or (f"file too large: {e.size} bytes > max_file_mb {data_cfg['max_file_mb']}"
+            why = e.problem or (f"file too large: {e.size} bytes > max_file_mb {data.max_file_mb}"
                                 if e.size is not None and e.size > max_bytes else None)
             rows.append((e.image_id, e.path, why))
         inv = loader.Inventory([(i, p, None, w) for i, p, w in rows], [], f"ImageSchema.readImages({path!r})")

@@ -18,7 +18,6 @@ Where they differ from sparkdl (said once per call, as a SparkdlCompatWarning):
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
 from typing import Callable, Iterator
@@ -29,6 +28,7 @@ from PIL import Image
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from sparkvision.compat._common import SparkdlCompatWarning
 from sparkvision.run import images as imglib
 
 from sparkvision.stages import load as loader
@@ -42,8 +42,6 @@ __all__ = ["createResizeImageUDF", "PIL_decode", "PIL_decode_and_resize", "readI
            "imageStructToArray", "imageArrayToStruct", "imageStructToPIL"]
 
 def _warn(message: str) -> None:
-    from sparkvision.compat.sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
-
     warnings.warn(message, SparkdlCompatWarning, stacklevel=3)
 
 

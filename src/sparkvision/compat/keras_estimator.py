@@ -50,7 +50,7 @@ from pyspark.sql import types as T
 
 from sparkvision.run import storage
 from sparkvision.run.layout import join
-from sparkvision.compat._shipped import ShippedModel
+from sparkvision.compat._common import ShippedModel, SparkdlCompatWarning
 from sparkvision.compat.keras_transformers import (ImageLoaderContractError, KerasImageFileTransformer, _ImageFileParams,
                                  _input_shape, load_input, resolve_callable)
 
@@ -177,8 +177,6 @@ class KerasImageFileEstimator(Estimator, _ImageFileParams, HasLabelCol, HasSeed,
 
 
 def _warn(message: str) -> None:
-    from sparkvision.compat.sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
-
     warnings.warn(message, SparkdlCompatWarning, stacklevel=4)
 
 
@@ -224,7 +222,7 @@ def _batches(train: DataFrame, batch_size: int, shape: tuple) -> Iterator[tuple[
 def _train(shipped: ShippedModel, optimizer, loss: str, fit: dict, train: DataFrame, parts: int, shape: tuple,
            seed: int):
     """A fresh copy of the model compiled and trained for ``fit['epochs']``; returns it and its per-epoch mean loss."""
-    import keras
+    import keras  # optional
 
     model = shipped.fresh()
     model.compile(optimizer=keras.optimizers.get(optimizer), loss=loss)

@@ -2,7 +2,7 @@
 ``.h5``) applied to a column of image URIs or of float arrays.
 
 The model file is read on the driver, carried to the workers with the UDF and loaded once per Python worker
-(:mod:`._shipped`, keyed by path and sha256: a changed file is reloaded); rows go through it in batches of
+(:mod:`sparkvision.compat._common`, keyed by path and sha256: a changed file is reloaded); rows go through it in batches of
 ``batchSize``. The stages persist their parameters only: ``modelFile`` is a path, read again when the loaded
 stage transforms.
 
@@ -38,7 +38,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sparkvision.compat._shipped import ShippedModel
+from sparkvision.compat._common import ShippedModel, SparkdlCompatWarning, task_threads
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +149,7 @@ class _ImageFileParams(_KerasParams):
 
 
 def _warn(message: str) -> None:
-    from sparkvision.compat.sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
-
     warnings.warn(message, SparkdlCompatWarning, stacklevel=4)
-
-
-def _threads() -> int:
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    return ctx.cpus() if ctx else 1
 
 
 def predict_batches(model, arrays: list[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -243,7 +234,7 @@ def _image_file_udf(shipped: ShippedModel, loader, input_shape: tuple, batch_siz
 
     @F.pandas_udf(schema)
     def apply(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        model = shipped.load(_threads())
+        model = shipped.load(task_threads())
         fn = resolve_callable(loader)
         for uris in batches:
             outputs: list = [None] * len(uris)
@@ -305,7 +296,7 @@ def _tensor_udf(shipped: ShippedModel, shape: tuple, batch_size: int, column: st
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
     def apply(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
-        model = shipped.load(_threads())
+        model = shipped.load(task_threads())
         for rows in batches:
             outputs: list = [None] * len(rows)
             positions, arrays = [], []

@@ -5,7 +5,7 @@
 
 The function is a pandas UDF registered with ``spark.udf.register``: it works on classic Spark and over Spark
 Connect (whose ``spark.udf.register`` takes pandas UDFs too). The model (a file, or a Keras model, saved to
-ship it) goes to the workers with the UDF and is loaded once per Python worker (:mod:`._shipped`); images of
+ship it) goes to the workers with the UDF and is loaded once per Python worker (:mod:`sparkvision.compat._common`); images of
 one shape go through it in batches.
 
 Without ``preprocessor`` each image is fed as it is: its RGB pixels (float32, 0-255), so the images must
@@ -31,8 +31,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparkvision.run import images as imglib
-from sparkvision.compat._shipped import ShippedModel
-from sparkvision.compat.keras_transformers import _fits, _input_shape, _threads, predict_batches
+from sparkvision.compat._common import ShippedModel, SparkdlCompatWarning, active_spark, task_threads
+from sparkvision.compat.keras_transformers import _fits, _input_shape, predict_batches
 from sparkvision.compat.tf_transformers import struct_pixels
 
 _DIFFERENCE = ("sparkvision.compat.sparkdl.registerKerasImageUDF: images are batched, the preprocessor's array is "
@@ -43,8 +43,6 @@ _DIFFERENCE = ("sparkvision.compat.sparkdl.registerKerasImageUDF: images are bat
 def registerKerasImageUDF(udf_name: str, keras_model_or_file_path, preprocessor: Callable | None = None,
                           batchSize: int = 32, spark: SparkSession | None = None):
     """Register ``udf_name`` as a SQL function: image struct -> the Keras model's output (``array<float>``)."""
-    from sparkvision.compat.sparkdl import SparkdlCompatWarning, _spark
-
     what = f"registerKerasImageUDF({udf_name!r})"
     if isinstance(keras_model_or_file_path, (str, os.PathLike)):
         shipped = ShippedModel.keras_file(os.fspath(keras_model_or_file_path), what)
@@ -58,7 +56,7 @@ def registerKerasImageUDF(udf_name: str, keras_model_or_file_path, preprocessor:
     shape = _input_shape(shipped.load())  # a model that cannot load fails here
     warnings.warn(_DIFFERENCE, SparkdlCompatWarning, stacklevel=2)
     udf = _image_model_udf(shipped, shape, preprocessor, batchSize, udf_name)
-    return (spark or _spark()).udf.register(udf_name, udf)
+    return (spark or active_spark()).udf.register(udf_name, udf)
 
 
 def _image_model_udf(shipped: ShippedModel, shape: tuple, preprocessor, batch_size: int, name: str):
@@ -78,7 +76,7 @@ def _image_model_udf(shipped: ShippedModel, shape: tuple, preprocessor, batch_si
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
     def apply(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
-        model = shipped.load(_threads())
+        model = shipped.load(task_threads())
         with tempfile.TemporaryDirectory(prefix="sparkvision-udf-") as tmp:
             for frame in batches:
                 rows = frame.to_dict("records")

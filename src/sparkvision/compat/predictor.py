@@ -33,6 +33,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from sparkvision.compat._common import SparkdlCompatWarning
 from sparkvision.ml.featurizer import DeepImageFeaturizer
 from sparkvision.ml.models import imagenet, registry
 
@@ -68,7 +69,7 @@ class DeepImagePredictor(DeepImageFeaturizer):
         super().__init__()
         self._setDefault(inputCol="image", outputCol="predicted_labels", decodePredictions=False, topK=5)
         self.setParams(**given)
-        warnings.warn(_DIFFERENCES.format(model=self.getModelName()), _compat_warning(), stacklevel=2)
+        warnings.warn(_DIFFERENCES.format(model=self.getModelName()), SparkdlCompatWarning, stacklevel=2)
 
     @keyword_only
     def setParams(self, **kwargs):
@@ -113,9 +114,3 @@ def _decode_udf(top: int):
                              for p in probabilities], dtype=object)
 
     return decode
-
-
-def _compat_warning() -> type[Warning]:
-    from sparkvision.compat.sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
-
-    return SparkdlCompatWarning

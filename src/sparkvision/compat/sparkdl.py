@@ -23,18 +23,24 @@ import warnings
 from typing import Iterator
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from sparkvision import settings as config
-
-from sparkvision.run import images as imglib
-
-from sparkvision.stages import predict
+from sparkvision.compat._common import SparkdlCompatWarning, active_spark
+from sparkvision.compat.image import NULLABLE_COLUMN_SCHEMA, batched_structs
+from sparkvision.compat.imageIO import (PIL_decode, PIL_decode_and_resize, createResizeImageUDF, imageArrayToStruct,
+                                        imageStructToArray, imageStructToPIL, readImagesWithCustomFn)
+from sparkvision.compat.keras_estimator import KerasImageFileEstimator
+from sparkvision.compat.keras_transformers import KerasImageFileTransformer, KerasTransformer
+from sparkvision.compat.keras_udf import registerKerasImageUDF
+from sparkvision.compat.predictor import DECODED_SCHEMA, DeepImagePredictor
+from sparkvision.compat.tf_transformers import TFImageTransformer, TFInputGraph, TFTransformer, imageInputPlaceholder
 from sparkvision.ml.featurizer import DeepImageFeaturizer as _Featurizer
 from sparkvision.ml.models import registry
+from sparkvision.run import images as imglib
 from sparkvision.run.spark import bound_arrow_batches
-from sparkvision.compat.image import NULLABLE_COLUMN_SCHEMA, batched_structs
+from sparkvision.settings import DataSettings
+from sparkvision.stages import predict
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +52,6 @@ _DIFFERENCES = (
     "(131,072 for InceptionV3), and images are fed as RGB resized like keras.utils.load_img, not BGR. "
     "Retrain classifiers built on sparkdl features. See sparkvision.compat.sparkdl's docstring."
 )
-
-
-class SparkdlCompatWarning(UserWarning):
-    """Where the compat layer behaves differently from sparkdl."""
-
-
-def _spark() -> SparkSession:
-    return SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
 
 
 def _to_image_struct_udf():
@@ -74,10 +72,9 @@ def _to_image_struct_udf():
 def readImagesWithRejects(imageDirectory: str, numPartition: int | None = None) -> tuple[DataFrame, DataFrame]:
     """``(images, rejected)``: ``filePath, image`` rows for every decodable image under the folder, and
     ``path, reason`` for the files that could not be used."""
-    spark = _spark()
+    spark = active_spark()
     bound_arrow_batches(spark)
-    data = config.defaults()["data"]
-    data["validate"] = "full"  # every struct is a full decode: an undecodable file is a rejected row here
+    data = DataSettings(validate="full")  # every struct is a full decode: an undecodable file is a rejected row here
     found, rejected, counts = predict.unlabelled_images(spark, imageDirectory, data)
     images = found.select(F.col("path").alias("filePath"), _to_image_struct_udf()("path", "content").alias("image"))
     if numPartition:
@@ -116,11 +113,10 @@ def DeepImageFeaturizer(inputCol: str = "image", outputCol: str = "features", mo
     return _Featurizer(inputCol=inputCol, outputCol=outputCol, modelName=spec.name, **kwargs)
 
 
-# ---- the rest of sparkdl 1.5's public names -------------------------------------------------------------
-from sparkvision.compat.imageIO import (PIL_decode, PIL_decode_and_resize, createResizeImageUDF, imageArrayToStruct,  # noqa: E402
-                      imageStructToArray, imageStructToPIL, readImagesWithCustomFn)
-from sparkvision.compat.predictor import DECODED_SCHEMA, DeepImagePredictor  # noqa: E402
-from sparkvision.compat.keras_transformers import KerasImageFileTransformer, KerasTransformer  # noqa: E402
-from sparkvision.compat.keras_estimator import KerasImageFileEstimator  # noqa: E402
-from sparkvision.compat.keras_udf import registerKerasImageUDF  # noqa: E402
-from sparkvision.compat.tf_transformers import TFImageTransformer, TFInputGraph, TFTransformer, imageInputPlaceholder  # noqa: E402
+
+# sparkdl 1.5's public names, as ``from sparkdl import ...`` gave them.
+__all__ = ["DECODED_SCHEMA", "DeepImageFeaturizer", "DeepImagePredictor", "IMAGE_SCHEMA", "KerasImageFileEstimator",
+           "KerasImageFileTransformer", "KerasTransformer", "PIL_decode", "PIL_decode_and_resize", "SPARKDL_MODELS",
+           "SparkdlCompatWarning", "TFImageTransformer", "TFInputGraph", "TFTransformer", "createResizeImageUDF",
+           "imageArrayToStruct", "imageInputPlaceholder", "imageStructToArray", "imageStructToPIL", "readImages",
+           "readImagesWithCustomFn", "readImagesWithRejects", "registerKerasImageUDF"]

@@ -7,7 +7,7 @@ inputs and outputs (``serving_default`` unless ``signature`` says otherwise); a 
 ignored. A ``tf.Graph`` or ``GraphDef`` is refused with an error saying why, and ``TFInputGraph``'s TF1-only
 constructors (``fromGraph``, ``fromGraphDef``, ``fromCheckpoint*``) raise ``NotImplementedError``.
 
-The model is carried to the workers with the UDF and loaded once per Python worker (:mod:`._shipped`). Where
+The model is carried to the workers with the UDF and loaded once per Python worker (:mod:`sparkvision.compat._common`). Where
 they differ from sparkdl (said once each, as a SparkdlCompatWarning):
 
 * ``TFImageTransformer`` runs images in batches of ``batchSize`` (consecutive images of one shape), not one by
@@ -36,8 +36,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparkvision.ml.featurizer import IMAGE_STRUCT_FIELDS, is_image_struct
-from sparkvision.compat._shipped import ShippedModel
-from sparkvision.compat.keras_transformers import FLOAT_IMAGE_SCHEMA, OUTPUT_MODES, _threads, cv_32f_mode
+from sparkvision.compat._common import ShippedModel, SparkdlCompatWarning, task_threads
+from sparkvision.compat.keras_transformers import FLOAT_IMAGE_SCHEMA, OUTPUT_MODES, cv_32f_mode
 
 CHANNEL_ORDERS = ("RGB", "BGR", "L")
 DEFAULT_SIGNATURE = "serving_default"
@@ -55,14 +55,12 @@ def imageInputPlaceholder(nChannels: int | None = None):
     (``[None, None, None, nChannels]``, named ``sparkdl_image_input``), for a ``tf.function``'s
     ``input_signature``. TensorFlow 2 has no placeholders; the function (or the SavedModel it is saved to) is
     what :class:`TFImageTransformer` takes, with ``inputTensor="sparkdl_image_input"``."""
-    import tensorflow as tf
+    import tensorflow as tf  # optional
 
     return tf.TensorSpec([None, None, None, nChannels], tf.float32, name=IMAGE_INPUT_PLACEHOLDER_NAME)
 
 
 def _warn(message: str) -> None:
-    from sparkvision.compat.sparkdl import SparkdlCompatWarning  # imported late: sparkdl.py re-exports this module
-
     warnings.warn(message, SparkdlCompatWarning, stacklevel=4)
 
 
@@ -78,7 +76,7 @@ def _refuse_tf1(graph, what: str) -> None:
 
 def shipped_function(fn, what: str) -> ShippedModel:
     """A ``tf.function`` (with an input signature) or a concrete function, saved as a SavedModel to ship."""
-    import tensorflow as tf
+    import tensorflow as tf  # optional
 
     concrete = fn
     if not hasattr(fn, "structured_input_signature"):
@@ -123,7 +121,7 @@ class Signature:
         return name
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
+        import tensorflow as tf  # optional
 
         args = {k: tf.convert_to_tensor(v, dtype=self.inputs[k].dtype) for k, v in feeds.items()}
         return {k: np.asarray(v) for k, v in self.fn(**args).items()}
@@ -290,7 +288,7 @@ def _image_udf(shipped: ShippedModel, signature: str, names: tuple[str, str], ch
         return pd.DataFrame([o or empty for o in outputs], columns=FLOAT_IMAGE_SCHEMA.fieldNames())
 
     def run_all(batches):
-        sig = Signature(shipped.load(_threads()), signature, shipped.origin)
+        sig = Signature(shipped.load(task_threads()), signature, shipped.origin)
         for batch in batches:
             outputs: list = [None] * len(batch)
             group: list[int] = []
@@ -467,7 +465,7 @@ def _tensor_udf(shipped, signature, inputs, outputs, shapes, batch_size):
 
     @F.pandas_udf(schema)
     def apply(batches: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
-        sig = Signature(shipped.load(_threads()), signature, shipped.origin)
+        sig = Signature(shipped.load(task_threads()), signature, shipped.origin)
         for columns in batches:
             columns = columns if isinstance(columns, tuple) else (columns,)
             n = len(columns[0])

@@ -7,11 +7,21 @@ returns the process exit code. The pipeline's own commands live in :mod:`sparkvi
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
 import shlex
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
+import yaml
+
+from sparkvision import secrets
 from sparkvision import settings as config_mod
+from sparkvision.deploy import bundle, clusters
+from sparkvision.deploy import databricks as dbx
 
 
 def add_parsers(sub) -> None:
@@ -70,12 +80,6 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    import subprocess
-
-    from sparkvision.deploy import clusters
-
-    from sparkvision import secrets
-
     job = args.job[1:] if args.job[:1] == ["--"] else args.job
     # The job's arguments end up on spark-submit's command line (ps, /proc): no credential may be among them.
     for i, arg in enumerate(job, start=1):
@@ -98,8 +102,6 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _yaml_or_text(value: str):
     """A ``--set`` value as the pipeline will read it (YAML), so credentials inside a mapping are found."""
-    import yaml
-
     try:
         return yaml.safe_load(value)
     except yaml.YAMLError:
@@ -107,8 +109,6 @@ def _yaml_or_text(value: str):
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from sparkvision.deploy import clusters
-
     spec = clusters.load_spec(args.cluster_spec)
     if args.what == "conf":
         print("\n".join(f"{k}={v}" for k, v in clusters.submit_conf(spec).items()))
@@ -124,10 +124,6 @@ def _print_problems(exc) -> None:
 
 
 def _bundle(args: argparse.Namespace) -> int:
-    import json
-
-    from sparkvision.deploy import bundle
-
     if args.what == "clusters":
         text = bundle.render_clusters_include(os.path.join(args.root, "infra", "clusters"))
         if not args.write:
@@ -153,27 +149,18 @@ def _bundle(args: argparse.Namespace) -> int:
 
 
 def _build_wheel(root: str) -> str:
-    import glob
-    import subprocess
-    import tempfile
-
     out = tempfile.mkdtemp(prefix="sparkvision-wheel-")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "--wheel-dir", out, root], check=True)
     return glob.glob(os.path.join(out, "*.whl"))[0]
 
 
 def _databricks(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     try:
-        from databricks.sdk.errors import DatabricksError
+        from databricks.sdk.errors import DatabricksError  # optional
     except ImportError:
         print("sparkvision: databricks: databricks-sdk is not installed: pip install 'sparkvision[databricks]'",
               file=sys.stderr)
         return 2
-    from sparkvision.deploy import bundle
-    from sparkvision.deploy import databricks as dbx
-
     try:
         w = dbx.client(args.profile)
         output = args.output

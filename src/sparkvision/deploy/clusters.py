@@ -16,6 +16,9 @@ from typing import Any
 
 import yaml
 
+from sparkvision import secrets
+from sparkvision.run import auth
+
 SPEC_DIR_ENV = "SPARKVISION_CLUSTERS"
 _MEMORY = re.compile(r"^\d+[kmgt]?$", re.IGNORECASE)
 _MAVEN = re.compile(r"^[\w.\-]+:[\w.\-]+:[\w.\-]+$")
@@ -68,8 +71,6 @@ def dotted_path(path) -> str:
 
 def check_no_secrets(data: Any, origin: str, where: str = "") -> None:
     """Refuse credential-looking keys or values anywhere in ``data`` (Databricks secret references pass)."""
-    from sparkvision import secrets
-
     for path, what in secrets.find_credentials(data, (where,) if where else ()):
         if what == "key":
             raise ClusterSpecError(
@@ -252,16 +253,14 @@ def shell_assignments(env: dict[str, str]) -> str:
 def spark_submit_executable() -> str:
     home = os.environ.get("SPARK_HOME")
     if not home:
-        import pyspark
+        import pyspark  # optional
 
         home = os.path.dirname(pyspark.__file__)
     return os.path.join(home, "bin", "spark-submit")
 
 
 def driver_script() -> str:
-    from sparkvision.deploy import __file__ as pkg_init
-
-    return os.path.join(os.path.dirname(pkg_init), "sparkvision_driver.py")
+    return os.path.join(os.path.dirname(__file__), "sparkvision_driver.py")
 
 
 def submit_command(spec: ClusterSpec, master: str, job_args: list[str], extra_conf: dict[str, str] | None = None,
@@ -273,8 +272,6 @@ def submit_command(spec: ClusterSpec, master: str, job_args: list[str], extra_co
     driver inherits the environment and reads it. Without a secret it raises
     :class:`~.auth.AuthError`, unless ``insecure`` (default: ``SPARKVISION_INSECURE=1``).
     """
-    from sparkvision.run import auth
-
     conf = {**submit_conf(spec), **(extra_conf or {})}
     check_no_secrets(conf, "--conf")
     conf.update(auth.submit_conf(master, insecure))

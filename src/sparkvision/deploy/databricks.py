@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from sparkvision.deploy import bundle_naming
+
 log = logging.getLogger(__name__)
 
 TERMINAL = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
@@ -73,14 +75,14 @@ class RunReport:
 
 def client(profile: str | None = None):
     """A WorkspaceClient configured by the SDK's standard sources only (env vars, config profile)."""
-    from databricks.sdk import WorkspaceClient
+    from databricks.sdk import WorkspaceClient  # optional
 
     return WorkspaceClient(profile=profile) if profile else WorkspaceClient()
 
 
 def upload_wheel(w, wheel: Path, remote_dir: str | None = None) -> str:
     """Put the wheel into the workspace (``/Workspace/Users/<me>/.sparkvision/wheels`` by default)."""
-    from databricks.sdk.service.workspace import ImportFormat
+    from databricks.sdk.service.workspace import ImportFormat  # optional
 
     if remote_dir is None:
         me = w.current_user.me().user_name
@@ -185,15 +187,13 @@ def submit(w, resolved: dict[str, Any], wheel: Path, job_key: str = PIPELINE_JOB
            timeout_seconds: int | None = None, mode: str | None = None) -> int:
     """Submit ``job_key`` of the resolved bundle once; ``mode``: the target's (development names resources
     as a dev deployment does)."""
-    from databricks.sdk.service.jobs import JobEnvironment, SubmitTask
-
-    from sparkvision.deploy import bundle
+    from databricks.sdk.service.jobs import JobEnvironment, SubmitTask  # optional
 
     remote = upload_wheel(w, wheel)
     user = current_user(w)
     resolved = with_current_user(resolved, user)
-    prefix = with_current_user(bundle.name_prefix(resolved, mode), user)
-    resolved = bundle.with_resource_references(resolved, resolved, prefix=prefix)
+    prefix = with_current_user(bundle_naming.name_prefix(resolved, mode), user)
+    resolved = bundle_naming.with_resource_references(resolved, resolved, prefix=prefix)
     spec = submit_spec(resolved, job_key, remote)
     tasks = [SubmitTask.from_dict(t) for t in spec["tasks"]]
     environments = [JobEnvironment.from_dict(e) for e in spec.get("environments") or []] or None

@@ -34,16 +34,23 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sparkvision.ml import engines
-from sparkvision.run import images as imglib
+from sparkvision import secrets
 from sparkvision.columns import CONTENT, FEATURES
+from sparkvision.ml import engines
 from sparkvision.ml.models import registry
 from sparkvision.ml.models.weights import file_digest, resolve_weights
 from sparkvision.ml.network import (WeightsChecksumError, WorkerModelKey, configure, decode_rows, featurize_arrays,
-                      load_worker_model)
+                                    load_worker_model)
 from sparkvision.run.spark import bound_arrow_batches, is_remote
+from sparkvision.settings import DataSettings, FeaturizeSettings, NetworkSettings
 
 log = logging.getLogger(__name__)
+
+# The Params' defaults are the settings' defaults (sparkvision.settings writes them once), through the same
+# bridge a run's settings take; unset keys (no weights file, cache or mirror) stay without a default.
+PARAM_DEFAULTS = {name: value for name, value in
+                  FeaturizeSettings().to_params(NetworkSettings(), DataSettings().max_pixels).items()
+                  if value is not None}
 
 
 class _FeaturizerParams(HasInputCol, HasOutputCol):
@@ -78,9 +85,7 @@ class _FeaturizerParams(HasInputCol, HasOutputCol):
 
     def __init__(self):
         super().__init__()
-        self._setDefault(inputCol=CONTENT, outputCol=FEATURES, modelName=registry.DEFAULT_MODEL, allowDownload=True,
-                         batchSize=32, numThreads=0, maxPixels=imglib.DEFAULT_MAX_PIXELS, engine=engines.AUTO,
-                         precision="fp32", draft=False)
+        self._setDefault(inputCol=CONTENT, outputCol=FEATURES, **PARAM_DEFAULTS)
 
     def getModelName(self) -> str:
         return self.getOrDefault(self.modelName)
@@ -140,8 +145,6 @@ class DeepImageFeaturizer(Transformer, _FeaturizerParams, DefaultParamsReadable,
     @keyword_only
     def setParams(self, **kwargs):
         if kwargs.get("mirrorUrl"):
-            from sparkvision import secrets
-
             kwargs["mirrorUrl"] = secrets.clean_mirror_url(kwargs["mirrorUrl"], "mirrorUrl")  # saved: no credentials
         if kwargs.get("engine") is not None and kwargs["engine"] not in (engines.AUTO, *engines.ENGINES):
             raise ValueError(f"DeepImageFeaturizer: engine {kwargs['engine']!r} is not one of "

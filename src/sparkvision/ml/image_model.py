@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,7 @@ class Classifier:
 def classifier_of(stage) -> Classifier:
     """The coefficients of a fitted classifier stage: sparkvision's ``LogisticModel`` or Spark ML's
     ``LogisticRegressionModel`` (read on the driver; both apply the same formula)."""
-    from sparkvision.ml.logistic import LogisticModel
+    from sparkvision.ml.logistic import LogisticModel  # lazy: needs pyspark, which serving does not have
 
     if isinstance(stage, LogisticModel):
         fit = stage.fit_result()
@@ -95,8 +96,6 @@ class ImageClassifier:
         self.spec = registry.get(info["network"])
         self.max_pixels = int(info.get("max_pixels") or DEFAULT_MAX_PIXELS)
         self.batch_size = int(info.get("batch_size") or 32)
-        import os
-
         network.configure(threads or os.cpu_count() or 1)
         # The weights file travels with the model; its sha256 is checked like a Spark worker checks it.
         # ``engine`` (else $SPARKVISION_ENGINE, else auto: the fastest installed) is how it runs, not what it computes.
@@ -138,7 +137,7 @@ class ImageClassifier:
 
     def predict(self, images: list):
         """A pandas DataFrame: ``label, class_index, confidence, probabilities, error`` per input image."""
-        import pandas as pd
+        import pandas as pd  # optional
 
         features, errors = self.features(images)
         ok = np.array([e is None for e in errors], dtype=bool)
@@ -172,7 +171,7 @@ def _as_bytes(value) -> bytes | str:
 def image_column(model_input) -> list:
     """The images of a pyfunc input: a DataFrame's ``image`` column (or its only column), a Series, a
     list, a NumPy array, or one image."""
-    import pandas as pd
+    import pandas as pd  # optional
 
     if isinstance(model_input, pd.DataFrame):
         if INPUT in model_input.columns:

@@ -18,6 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import minimize
+
+from sparkvision.ml.metrics import metrics_from_arrays
 
 EPS = 1e-15  # Spark's MulticlassClassificationEvaluator clips probabilities for logLoss likewise
 
@@ -43,8 +46,6 @@ class LogisticFit:
 def fit(x: np.ndarray, y: np.ndarray, n_classes: int, reg_param: float, elastic_net: float, max_iter: int,
         standardization: bool = False, tol: float = 1e-6) -> LogisticFit:
     """Minimise Spark's objective for ``x`` (n, d) float and ``y`` (n,) int labels in ``[0, n_classes)``."""
-    from scipy.optimize import minimize
-
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     n, d = x.shape
@@ -105,8 +106,6 @@ def metric(name: str, y: np.ndarray, proba: np.ndarray) -> float:
     if name == "accuracy":
         return float(np.mean(predicted == y))
     if name == "f1":  # per-class F1 weighted by true-class support, as the evaluation report's
-        from sparkvision.stages.evaluate import metrics_from_arrays
-
         classes = [str(k) for k in range(proba.shape[1])]
         return metrics_from_arrays(y, predicted, None, classes, 0)["f1_weighted"]
     raise ValueError(f"unknown metric {name!r}: use logLoss, accuracy or f1")

@@ -43,13 +43,12 @@ so in the executors, which Spark starts with the driver's ``spark.network.*`` se
 
 from __future__ import annotations
 
-from sparkvision.errors import AuthError
 import logging
 import os
 import stat
 from collections.abc import Mapping
 
-from sparkvision.settings import ConfigError
+from sparkvision.errors import AuthError
 
 log = logging.getLogger(__name__)
 

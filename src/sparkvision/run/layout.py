@@ -7,6 +7,7 @@ local paths or URIs (``file:``, ``s3a://``, ``dbfs:/``, ...); :func:`join` keeps
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass
 
@@ -15,8 +16,6 @@ def join(base: str, *parts: str) -> str:
     """``base/part/...`` for a local path or a URI (``s3a://b/x`` + ``y`` -> ``s3a://b/x/y``)."""
     if "://" in base or base.startswith(("file:", "dbfs:")):
         return posixpath.join(base.rstrip("/") + "/" if base.endswith(":/") else base, *parts)
-    import os
-
     return os.path.join(base, *parts)
 
 

@@ -93,7 +93,7 @@ def _walk_local(root: str):
 
 
 def _walk_fs(root: str):
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # optional
 
     fs, base = storage.filesystem(root)
     prefix = root.rstrip("/") + "/"

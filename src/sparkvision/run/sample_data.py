@@ -7,6 +7,7 @@ as ``<dest>/<digit>/<digit>_<n>.png``. Deterministic: same arguments, same files
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -17,9 +18,7 @@ def make_digits(dest: str, per_class: int = 20, digits: tuple[int, ...] = tuple(
     """Write ``per_class`` images of each digit under ``dest`` (one folder per digit); return ``dest``.
 
     ``clean`` removes what ``dest`` held first (the demo regenerates its set on every run)."""
-    import shutil
-
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # optional
 
     if clean:
         shutil.rmtree(dest, ignore_errors=True)

@@ -10,9 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sparkvision.ml.network import QUIET_ENV
+from sparkvision.errors import ConfigError
+from sparkvision.run import auth
+from sparkvision.secrets import is_secret_setting
 
 log = logging.getLogger(__name__)
+
+# Set (to "1") in processes whose native libraries should keep quiet (:func:`sparkvision.ml.graph.quiet_native_stderr`).
+QUIET_ENV = "SPARKVISION_QUIET"
 
 # Batches are bounded by rows *and* bytes: encoded images are large, decoded ones ~10x larger. Spark's
 # own row counts (4,096 per Parquet read batch, 10,000 per Arrow batch) are meant for narrow rows: at
@@ -56,7 +61,7 @@ def get_spark(master: str | None = None, app_name: str = "sparkvision", conf: di
     """Return the active session, or start one: over Spark Connect when ``remote`` (or ``$SPARK_REMOTE``)
     names a server (``sc://host:port``; ``local[N]`` starts one in this process), else classic
     (``master=None``: spark-submit's master, else local[*])."""
-    from pyspark.sql import SparkSession
+    from pyspark.sql import SparkSession  # optional
 
     quiet(verbose)
     # Python workers must run this interpreter (the venv's), not the first python3 on PATH (a local Spark
@@ -65,14 +70,14 @@ def get_spark(master: str | None = None, app_name: str = "sparkvision", conf: di
     url = remote_url(remote)
     if url:
         return _connect(url, master, app_name, conf)
-    from pyspark.sql.utils import is_remote as connect_mode
+    from pyspark.sql.utils import is_remote as connect_mode  # optional
 
     if connect_mode():  # a Spark Connect environment (Databricks serverless, standard access mode): its session
         return _with_sql_settings(SparkSession.builder.getOrCreate(), conf)
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    from pyspark import SparkConf, SparkContext
+    from pyspark import SparkConf, SparkContext  # optional
 
     explicit = {k: str(v) for k, v in (conf or {}).items()}
     if master:
@@ -93,8 +98,6 @@ def get_spark(master: str | None = None, app_name: str = "sparkvision", conf: di
     merged.setAll(explicit.items())
     merged.setIfMissing("spark.app.name", app_name)
     merged.setIfMissing("spark.master", "local[*]")
-    from sparkvision.run import auth
-
     # A standalone master with authentication on: the shared secret, from the environment or a file, set
     # in-process only (anything passed to the JVM's launch above would be on its command line).
     auth.configure_session(merged)
@@ -107,19 +110,15 @@ def launch_settings(explicit: dict[str, str]) -> dict[str, str]:
     """The settings the JVM is launched with: they become ``--conf`` arguments on its command line (``ps``,
     ``/proc``), so credential settings (``fs.s3a.secret.key``, ...) are left out here and set on the
     session's SparkConf in this process only."""
-    from sparkvision.secrets import is_secret_setting
-
     return {k: v for k, v in explicit.items() if not is_secret_setting(k, v)}
 
 
 def _connect(url: str, master: str | None, app_name: str, conf: dict | None):
     """A Spark Connect session. The server owns the cluster: a master or static settings cannot be chosen
     from here, so they are refused rather than ignored; runtime SQL settings are set on the session."""
-    from pyspark.sql import SparkSession
+    from pyspark.sql import SparkSession  # optional
 
     if master:
-        from sparkvision.settings import ConfigError
-
         raise ConfigError(f"spark.master {master!r} and Spark Connect ({url}) are both set: over Spark Connect the "
                          "server decides where jobs run; drop --master / spark.master, or --remote / SPARK_REMOTE")
     builder = SparkSession.builder.remote(url).appName(app_name)
@@ -240,8 +239,9 @@ def scoped_conf(spark, settings: dict[str, str] | None) -> Iterator[None]:
 
 
 def spark_from_config(cfg, verbose: bool = False):
-    s = cfg["spark"]
-    return get_spark(s["master"], s["app_name"], s["conf"], verbose, s.get("remote"))
+    """The session ``cfg.spark`` (a :class:`sparkvision.settings.Settings`' section) asks for."""
+    s = cfg.spark
+    return get_spark(s.master, s.app_name, s.conf, verbose, s.remote)
 
 
 def is_remote(spark) -> bool:
@@ -259,7 +259,7 @@ def default_parallelism(spark) -> int:
         return spark.sparkContext.defaultParallelism
     key = id(spark)
     if key not in _PARALLELISM:
-        from pyspark.sql import functions as F
+        from pyspark.sql import functions as F  # optional
 
         _PARALLELISM[key] = spark.range(0, 1 << 16).select(F.spark_partition_id()).distinct().count()
     return _PARALLELISM[key]
@@ -310,7 +310,7 @@ def num_partitions(df) -> int:
     """How many tasks a scan of ``df`` makes. Over Spark Connect: counted with a job that reads no column."""
     if not is_remote(df.sparkSession):
         return df.rdd.getNumPartitions()
-    from pyspark.sql import functions as F
+    from pyspark.sql import functions as F  # optional
 
     return df.select(F.spark_partition_id().alias("p")).distinct().count()
 

@@ -8,16 +8,17 @@ runtimes ship PySpark without pip metadata, and TensorFlow is ``tensorflow`` or 
 
 from __future__ import annotations
 
-from sparkvision.errors import StackError
 import importlib
-from importlib.metadata import PackageNotFoundError, requires
+from importlib.metadata import PackageNotFoundError, requires, version
+
+from sparkvision.errors import StackError
 
 EXTRA = "stack"
 
 
 def requirements(dist: str = "sparkvision") -> list:
     """The ``stack`` extra's requirements (``packaging`` Requirement objects); none if not installed as a package."""
-    from packaging.requirements import Requirement
+    from packaging.requirements import Requirement  # optional
 
     try:
         declared = requires(dist) or []
@@ -38,8 +39,6 @@ ALIASES = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "t
 def installed_version(name: str) -> str | None:
     """The installed version, from package metadata (no import: importing TensorFlow takes seconds), else
     from the module (runtimes that ship a package without metadata, as Databricks does PySpark)."""
-    from importlib.metadata import version
-
     for dist in ALIASES.get(name, (name,)):
         try:
             return version(dist)

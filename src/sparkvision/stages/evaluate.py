@@ -1,6 +1,7 @@
-"""Evaluation: accuracy with a Wilson 95 % interval, per-class and weighted precision/recall/F1,
-confusion matrix, ROC AUC from the probability column (binary; one-vs-rest macro for more
-classes), the majority-class baseline, and the plots.
+"""The evaluate stage: the trained model on the test split's cached features -> ``evaluation/``: metrics.json
+(:mod:`sparkvision.ml.metrics`: accuracy with a Wilson 95 % interval, per-class and weighted
+precision/recall/F1, confusion matrix, ROC AUC, the majority-class baseline), report.md / report.html,
+the plots and the predictions.
 
 The numbers come from numpy on the collected ``(label, prediction, probability)`` of the
 evaluated rows, so they are easy to check by hand.
@@ -8,126 +9,25 @@ evaluated rows, so they are easy to check by hand.
 
 from __future__ import annotations
 
-import math
+import io
+import logging
 
 import numpy as np
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from scipy.stats import rankdata
 
-from sparkvision.columns import CONFIDENCE, IMAGE_ID, LABEL, LABEL_INDEX, PATH, PREDICTED_LABEL, PREDICTION, PROBABILITY
+from sparkvision.columns import IMAGE_ID, LABEL, LABEL_INDEX, PREDICTION, PROBABILITY, SPLIT
+from sparkvision.ml.metrics import metrics_from_arrays, roc_auc, roc_curve
+from sparkvision.run import provenance, report_html, storage
+from sparkvision.run.layout import EvaluationLayout, RunLayout
+from sparkvision.run.spark import describe_jobs
+from sparkvision.run.split import TEST
+from sparkvision.settings import Settings
+from sparkvision.stages.predict import load_model, predictions_table, write_predictions
+from sparkvision.stages.train import classify_features
 
-Z95 = 1.959963984540054
-
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Rows = true class, columns = predicted class."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_true.astype(int), y_pred.astype(int)), 1)
-    return cm
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def roc_auc(positive: np.ndarray, score: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); None when a class is absent."""
-    positive = positive.astype(bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(score)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def log_loss(y_true: np.ndarray, proba: np.ndarray | None, eps: float = 1e-15) -> float | None:
-    """Mean negative log of the probability given to the true class (clipped at ``eps``, like scikit-learn)."""
-    if proba is None or not len(proba):
-        return None
-    p = np.clip(proba[np.arange(len(y_true)), y_true.astype(int)], eps, 1.0)
-    return float(-np.mean(np.log(p)))
-
-
-def roc_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(-score, kind="mergesort")
-    pos, s = positive[order].astype(bool), score[order]
-    distinct = np.r_[np.where(np.diff(s))[0], len(s) - 1]
-    tps, fps = np.cumsum(pos)[distinct], np.cumsum(~pos)[distinct]
-    tpr = np.r_[0.0, tps / max(pos.sum(), 1)]
-    fpr = np.r_[0.0, fps / max((~pos).sum(), 1)]
-    return fpr, tpr
-
-
-def _safe_div(a: float, b: float) -> float:
-    return float(a / b) if b else 0.0
-
-
-def metrics_from_arrays(
-    y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, classes: list[str], majority_class: int
-) -> dict:
-    """All metrics for one evaluated set. ``majority_class`` is the training set's most common class."""
-    n_classes = len(classes)
-    cm = confusion_matrix(y_true, y_pred, n_classes)
-    n = int(cm.sum())
-    correct = int(np.trace(cm))
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    per_class = {}
-    for k, name in enumerate(classes):
-        tp = int(cm[k, k])
-        precision, recall = _safe_div(tp, predicted[k]), _safe_div(tp, support[k])
-        per_class[name] = {
-            "precision": precision,
-            "recall": recall,
-            "f1": _safe_div(2 * precision * recall, precision + recall),
-            "support": int(support[k]),
-        }
-    weights = support / n if n else np.zeros(n_classes)
-
-    def weighted(key):
-        return float(sum(w * per_class[c][key] for w, c in zip(weights, classes)))
-
-    def macro(key):
-        return float(np.mean([per_class[c][key] for c in classes]))
-
-    auc = None
-    auc_per_class = {}
-    if proba is not None and len(proba):
-        if n_classes == 2:
-            auc = roc_auc(y_true == 1, proba[:, 1])
-        else:
-            auc_per_class = {c: roc_auc(y_true == k, proba[:, k]) for k, c in enumerate(classes)}
-            defined = [v for v in auc_per_class.values() if v is not None]
-            auc = float(np.mean(defined)) if defined else None
-    low, high = wilson_interval(correct, n)
-    return {
-        "log_loss": log_loss(y_true, proba),
-        "n": n,
-        "accuracy": _safe_div(correct, n),
-        "accuracy_ci95": [low, high],
-        "baseline_accuracy": _safe_div(int(support[majority_class]), n),
-        "baseline_class": classes[majority_class],
-        "precision_weighted": weighted("precision"),
-        "recall_weighted": weighted("recall"),
-        "f1_weighted": weighted("f1"),
-        "precision_macro": macro("precision"),
-        "recall_macro": macro("recall"),
-        "f1_macro": macro("f1"),
-        "roc_auc": auc,
-        "roc_auc_kind": "binary" if n_classes == 2 else "one-vs-rest macro",
-        "roc_auc_per_class": auc_per_class or None,
-        "per_class": per_class,
-        "classes": list(classes),
-        "confusion_matrix": cm.tolist(),
-    }
+progress = logging.getLogger("sparkvision")  # the stage's progress lines, under the CLI's name
 
 
 def collect_predictions(predictions: DataFrame, label_col: str = LABEL_INDEX) -> tuple[np.ndarray, ...]:
@@ -140,19 +40,8 @@ def collect_predictions(predictions: DataFrame, label_col: str = LABEL_INDEX) ->
     return y, yhat, proba
 
 
-def predictions_table(predictions: DataFrame, *extra: str) -> DataFrame:
-    """``image_id, path, label, predicted_label, confidence, probability`` (probability as an array), then
-    the ``extra`` columns."""
-    proba = vector_to_array(PROBABILITY)
-    return predictions.select(
-        IMAGE_ID, PATH, LABEL, PREDICTED_LABEL, F.array_max(proba).alias(CONFIDENCE), proba.alias(PROBABILITY), *extra,
-    )
-
-
 def _png(fig) -> bytes:
     """The figure as PNG bytes (closed after); storage writes them wherever the run's output is."""
-    import io
-
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -250,3 +139,43 @@ def report_markdown(metrics: dict, split: dict | None = None, tuning: dict | Non
                          f"{g['mean']:.4f} | {g['std']:.4f} |")
         lines.append(f"\nBest: {tuning['best_params']}")
     return "\n".join(lines) + "\n"
+
+
+def stage_evaluate(spark: SparkSession, cfg: Settings, which: str = TEST) -> dict:
+    """``sparkvision evaluate``: the model on the ``which`` split's features -> ``evaluation/`` (swapped in whole)."""
+    describe_jobs(spark, "evaluate")
+    lay = RunLayout(cfg.output.dir)
+    trained = provenance.check_inputs(lay, "evaluate")
+    featurized = provenance.check_stage(lay, "featurize")
+    model = load_model(lay.model)
+    classes = trained["classes"]
+    rows = spark.read.parquet(lay.features).join(
+        spark.read.parquet(lay.split).filter(F.col(SPLIT) == which), [IMAGE_ID, LABEL]
+    )
+    predictions = classify_features(model, rows).localCheckpoint()
+    y, yhat, proba = collect_predictions(predictions)
+    metrics = metrics_from_arrays(y, yhat, proba, classes, trained["majority_class"])
+    metrics.update({"split": which, "model": featurized["model"],
+                    "inputs": {"train": trained["fingerprint"], "featurize": featurized["fingerprint"]}})
+    # The whole folder is written beside evaluation/ and swapped in: a failed evaluate leaves the old one.
+    tmp = storage.staging(lay.evaluation)
+    ev_out = EvaluationLayout(tmp)
+    try:
+        storage.makedirs(tmp)
+        confusion_png = plot_confusion_matrix(metrics["confusion_matrix"], classes)
+        roc_png = plot_roc(y, proba, classes)
+        storage.write_bytes(ev_out.confusion_matrix_png, confusion_png)
+        storage.write_bytes(ev_out.roc_curve_png, roc_png)
+        write_predictions(predictions_table(predictions).orderBy(IMAGE_ID), ev_out.predictions)
+        storage.write_text(ev_out.report, report_markdown(metrics, trained["split"], trained["tuning"]))
+        thumbnails = report_html.gallery(predictions, spark.read.parquet(lay.images))
+        storage.write_text(ev_out.report_html, report_html.render(metrics, trained["split"], trained["tuning"],
+                                                                 confusion_png, roc_png, thumbnails))
+        storage.write_json(ev_out.metrics, metrics)
+        storage.replace_with(tmp, lay.evaluation)
+    finally:
+        storage.delete(tmp)
+    auc = "n/a" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.4f}"
+    progress.info("evaluate: accuracy %.4f (baseline %.4f), ROC AUC %s; report %s", metrics["accuracy"],
+                  metrics["baseline_accuracy"], auc, lay.report)
+    return metrics

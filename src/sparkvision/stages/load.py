@@ -21,21 +21,25 @@ import io
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterator, Tuple
 
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sparkvision.run import images as imglib
-from sparkvision.run import listing
-from sparkvision.run import storage
-from sparkvision.run.layout import join
 from sparkvision.columns import CONTENT, HEIGHT, IMAGE_COLUMNS, IMAGE_ID, LABEL, LABEL_INDEX, PATH, REASON, REJECTED_COLUMNS, WIDTH
+from sparkvision.run import images as imglib
+from sparkvision.run import listing, provenance, storage
+from sparkvision.run.layout import RunLayout, join
+from sparkvision.run.spark import default_parallelism, describe_jobs, image_batch_settings
+from sparkvision.settings import DataSettings, Settings, dump
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("sparkvision")  # the stage's progress lines, under the CLI's name
 
 READ_SCHEMA = T.StructType([
     T.StructField(CONTENT, T.BinaryType()),
@@ -101,11 +105,11 @@ class LoadResult:
                 "classes": self.classes}
 
 
-def _max_bytes(data_cfg: dict) -> int:
-    return int(data_cfg["max_file_mb"] * 1024 * 1024)
+def _max_bytes(data: DataSettings) -> int:
+    return int(data.max_file_mb * 1024 * 1024)
 
 
-def folder_inventory(root: str, data_cfg: dict, labelled: bool = True) -> Inventory:
+def folder_inventory(root: str, data: DataSettings, labelled: bool = True) -> Inventory:
     """Every entry under ``root``; with ``labelled`` the class is the first sub-folder."""
     source = "data.images" if labelled else "--images"
     uri = root if not storage.is_local(root) else storage.local_path(root)
@@ -116,7 +120,7 @@ def folder_inventory(root: str, data_cfg: dict, labelled: bool = True) -> Invent
         raise LoadError(f"{source}: no files under {root}")
     rows = []
     for e in entries:
-        why = listing.reason(e, labelled, data_cfg["extensions"], _max_bytes(data_cfg), data_cfg["max_file_mb"])
+        why = listing.reason(e, labelled, data.extensions, _max_bytes(data), data.max_file_mb)
         rows.append((e.image_id, e.path, listing.label_of(e.image_id) if labelled else None, why))
     return Inventory(rows, [(e.image_id, e.size, e.mtime_ns) for e in entries], f"{source} {root}")
 
@@ -149,7 +153,7 @@ def _manifest_target(base: str, p: str) -> str:
     return base.rstrip("/") + "/" + p
 
 
-def manifest_inventory(manifest: str, data_cfg: dict) -> Inventory:
+def manifest_inventory(manifest: str, data: DataSettings) -> Inventory:
     """The files a manifest lists, and only those; a row naming a missing file is an error (with its row)."""
     rows = read_manifest(manifest)
     base = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
@@ -173,7 +177,7 @@ def manifest_inventory(manifest: str, data_cfg: dict) -> Inventory:
         elif info.type != pafs.FileType.File:
             why = "not a regular file"
         else:
-            why = listing.file_reason(p, info.size, data_cfg["extensions"], _max_bytes(data_cfg), data_cfg["max_file_mb"])
+            why = listing.file_reason(p, info.size, data.extensions, _max_bytes(data), data.max_file_mb)
         out.append((p, target, label, why))
         stamps.append((p, info.size, info.mtime_ns))
     if missing:
@@ -183,11 +187,11 @@ def manifest_inventory(manifest: str, data_cfg: dict) -> Inventory:
     return Inventory(out, stamps, f"data.manifest {manifest}")
 
 
-def inventory(data_cfg: dict) -> Inventory:
-    if data_cfg.get("manifest"):
-        return manifest_inventory(data_cfg["manifest"], data_cfg)
-    if data_cfg.get("images"):
-        return folder_inventory(data_cfg["images"], data_cfg)
+def inventory(data: DataSettings) -> Inventory:
+    if data.manifest:
+        return manifest_inventory(data.manifest, data)
+    if data.images:
+        return folder_inventory(data.images, data)
     raise LoadError("no input: set data.images (a folder per class) or data.manifest (a path,label CSV)")
 
 
@@ -248,15 +252,13 @@ def _read_udf(max_bytes: int, max_pixels: int, validate: str, batch_bytes: int =
 
 
 def read_tasks(spark: SparkSession, inv: Inventory) -> int:
-    from sparkvision.run.spark import default_parallelism
-
     return max(2 * default_parallelism(spark), math.ceil(inv.candidate_bytes / BYTES_PER_TASK), 1)
 
 
-def checked_table(spark: SparkSession, inv: Inventory, data_cfg: dict, classes: list[str] | None) -> DataFrame:
+def checked_table(spark: SparkSession, inv: Inventory, data: DataSettings, classes: list[str] | None) -> DataFrame:
     """All entries, candidates read and checked in Spark tasks: the image columns plus ``reason``."""
     entries = spark.createDataFrame(inv.rows, ENTRY_SCHEMA).repartition(min(read_tasks(spark, inv), len(inv.rows)))
-    read = _read_udf(_max_bytes(data_cfg), data_cfg["max_pixels"], data_cfg.get("validate", "header"))(
+    read = _read_udf(_max_bytes(data), data.max_pixels, data.validate)(
         F.col(PATH), F.col(REASON))
     checked = entries.withColumn("_read", read)
     if classes is not None:
@@ -305,8 +307,8 @@ def _summarize(table: DataFrame, inv: Inventory, classes: list[str]) -> tuple[in
     return n_accepted, n_rejected
 
 
-def _checked(spark: SparkSession, inv: Inventory, data_cfg: dict, classes: list[str] | None) -> DataFrame:
-    return checked_table(spark, inv, data_cfg, classes).withColumn(ACCEPTED, F.col(REASON).isNull())
+def _checked(spark: SparkSession, inv: Inventory, data: DataSettings, classes: list[str] | None) -> DataFrame:
+    return checked_table(spark, inv, data, classes).withColumn(ACCEPTED, F.col(REASON).isNull())
 
 
 @dataclass
@@ -321,11 +323,11 @@ class Staged:
         return join(self.staging, f"{ACCEPTED}=true")
 
 
-def stage(spark: SparkSession, inv: Inventory, data_cfg: dict, target: str) -> Staged:
+def stage(spark: SparkSession, inv: Inventory, data: DataSettings, target: str) -> Staged:
     """Read, check and write every entry once, to a staging folder beside ``target`` partitioned into
     accepted and rejected rows (no image is read twice); then the checks of :func:`_summarize`."""
     classes = class_names(inv)
-    tmp = storage.staged_parquet(_checked(spark, inv, data_cfg, classes), target, IMAGE_PARQUET_OPTIONS,
+    tmp = storage.staged_parquet(_checked(spark, inv, data, classes), target, IMAGE_PARQUET_OPTIONS,
                                  partition_by=ACCEPTED)
     try:
         # A partition column reads back as a string ('false' is truthy): typed again before it is counted.
@@ -341,14 +343,12 @@ def stage(spark: SparkSession, inv: Inventory, data_cfg: dict, target: str) -> S
     return Staged(tmp, LoadResult(images, rejected, classes, len(inv.rows), n_accepted, n_rejected))
 
 
-def load_images(spark: SparkSession, data_cfg: dict) -> LoadResult:
+def load_images(spark: SparkSession, data: DataSettings) -> LoadResult:
     """Load from ``data.images`` (folders) or ``data.manifest`` (CSV) into cached DataFrames (the Python
     API; ``sparkvision load`` writes them to its output folder instead)."""
-    from pyspark import StorageLevel
-
-    inv = inventory(data_cfg)
+    inv = inventory(data)
     classes = class_names(inv)
-    table = _checked(spark, inv, data_cfg, classes).persist(StorageLevel.MEMORY_AND_DISK)
+    table = _checked(spark, inv, data, classes).persist(StorageLevel.MEMORY_AND_DISK)
     n_accepted, n_rejected = _summarize(table, inv, classes)
     images = table.filter(F.col(ACCEPTED)).select(*IMAGE_COLUMNS)
     rejected = table.filter(~F.col(ACCEPTED)).select(*REJECTED_COLUMNS)
@@ -395,8 +395,6 @@ def image_read_settings(spark: SparkSession, uri: str, rows: int | None = None) 
     """Session settings for the queries that read the image table at ``uri`` (content included): batches of
     about :data:`sparkvision.run.spark.IMAGE_BATCH_BYTES`, by its measured bytes per row. For
     :func:`sparkvision.run.spark.scoped_conf`, around those queries' actions only."""
-    from sparkvision.run.spark import image_batch_settings
-
     per_row = image_bytes_per_row(uri, rows)
     settings = image_batch_settings(spark, per_row)
     log.info("reading %s in batches of %s rows (%s a row)", uri, settings[next(iter(settings))],
@@ -410,3 +408,32 @@ def classes_of(df: DataFrame, column: str = LABEL_INDEX) -> list[str]:
     if "vals" not in meta:
         raise LoadError(f"column {column!r} carries no class names; was it produced by sparkvision load?")
     return list(meta["vals"])
+
+
+def stage_load(spark: SparkSession, cfg: Settings) -> dict:
+    """``sparkvision load``: ``data.*`` -> ``images.parquet`` + ``rejected.*`` and the run's ``config.yaml``."""
+    describe_jobs(spark, "load")
+    lay = RunLayout(cfg.output.dir)
+    storage.makedirs(lay.out)
+    started = time.time()
+    progress.info("load: listing %s", cfg.data.images or cfg.data.manifest)
+    inv = inventory(cfg.data)
+    fp = provenance.fingerprint("load", cfg.data.to_dict(), inv.stamps)
+    staged = stage(spark, inv, cfg.data, lay.images)
+    marker = provenance.marker("load", fp)
+    try:
+        result = staged.result
+        storage.write_parquet(result.rejected, lay.rejected, marker=marker)
+        storage.write_marker(staged.accepted_part, marker)
+        storage.replace_with(staged.accepted_part, lay.images)
+    finally:
+        storage.delete(staged.staging)
+    storage.write_csv(spark.read.parquet(lay.rejected).orderBy(IMAGE_ID), lay.rejected_csv)
+    per_class = {r[LABEL]: r["count"] for r in spark.read.parquet(lay.images).groupBy(LABEL).count().collect()}
+    storage.write_text(lay.config, dump(cfg))
+    summary = {**result.summary(), "per_class": dict(sorted(per_class.items())), "seconds": time.time() - started,
+               "fingerprint": fp}
+    storage.write_json(lay.load, summary)
+    progress.info("load: %d files, %d images accepted, %d rejected (reasons in %s)", result.discovered, result.accepted,
+             result.n_rejected, lay.rejected_csv)
+    return summary

@@ -50,7 +50,6 @@ the same file system; a half-copied file would be rejected as truncated.
 
 from __future__ import annotations
 
-from sparkvision.errors import StreamConflict
 import datetime
 import hashlib
 import json
@@ -65,40 +64,25 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from sparkvision.run import faults
-
-from sparkvision.run import listing
-
-from sparkvision.run import storage
+from sparkvision.columns import (ARRIVED, BATCH_ID, CONTENT, HEIGHT, IMAGE_ID, LABEL, LABEL_INDEX, MODEL, PATH,
+                                 PROCESSED, REASON, WIDTH)
+from sparkvision.errors import StreamConflict
+from sparkvision.run import faults, listing, storage
 from sparkvision.run import images as imglib
-from sparkvision.columns import (ARRIVED, BATCH_ID, CONTENT, HEIGHT, IMAGE_COLUMNS, IMAGE_ID, LABEL, LABEL_INDEX, MODEL, PATH,
-                      PROCESSED, REASON, WIDTH)
 from sparkvision.run.layout import StreamLayout, join
+from sparkvision.settings import DataSettings, Settings, StreamSettings, parse_trigger
+from sparkvision.stages.featurize import featurize_partitions
+from sparkvision.stages.predict import load_model, predicted
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("auto", "binaryFile", "cloudFiles")
-FORMATS = ("parquet", "delta")
 # The binaryFile format's fixed schema (a file stream must be given its schema).
 BINARY_FILE_SCHEMA = T.StructType([
     T.StructField("path", T.StringType(), False), T.StructField("modificationTime", T.TimestampType(), False),
     T.StructField("length", T.LongType(), False), T.StructField("content", T.BinaryType(), True)])
-_TRIGGER = re.compile(r"^(available-now|processing-time=(\d+(?:\.\d+)?)(ms|s|m)?)$")
 _LEFTOVER = re.compile(rf"^(?P<name>{BATCH_ID}=-?\d+)\.(tmp|old)-[0-9a-f]{{8}}$")
 # maxFileAge for "never": the file source ignores a file older than the newest one seen minus this.
 NO_MAX_AGE = "100000d"
-
-
-def parse_trigger(text: str) -> dict:
-    """``available-now`` or ``processing-time=30s`` (``ms``, ``s``, ``m``) -> ``DataStreamWriter.trigger`` kwargs."""
-    m = _TRIGGER.match(text.strip())
-    if not m:
-        raise ValueError(f"--trigger {text!r}: use available-now or processing-time=<number>[ms|s|m], e.g. "
-                         "processing-time=30s")
-    if m.group(2) is None:
-        return {"availableNow": True}
-    seconds = float(m.group(2)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[m.group(3)]
-    return {"processingTime": f"{int(seconds * 1000)} milliseconds"}
 
 
 def source_kind(configured: str) -> str:
@@ -107,22 +91,22 @@ def source_kind(configured: str) -> str:
     return "cloudFiles" if os.environ.get("DATABRICKS_RUNTIME_VERSION") else "binaryFile"
 
 
-def read_stream(spark: SparkSession, images: str, stream_cfg: dict, max_bytes: int | None = None) -> DataFrame:
+def read_stream(spark: SparkSession, images: str, stream: StreamSettings, max_bytes: int | None = None) -> DataFrame:
     """The file stream: ``path, modificationTime, length, content`` for each new file under ``images``; with
     ``max_bytes``, a larger file's row is filtered in the scan, before its bytes are read (the sink finds it
     in the source's log)."""
-    kind = source_kind(stream_cfg["source"])
+    kind = source_kind(stream.source)
     prefix = "cloudFiles." if kind == "cloudFiles" else ""
     reader = spark.readStream.format(kind).schema(BINARY_FILE_SCHEMA)
     if kind == "cloudFiles":
         reader = reader.option("cloudFiles.format", "binaryFile")
     reader = reader.option("recursiveFileLookup", "true")
-    if stream_cfg["max_files_per_trigger"]:
-        reader = reader.option(prefix + "maxFilesPerTrigger", str(stream_cfg["max_files_per_trigger"]))
-    if stream_cfg["max_bytes_per_trigger"]:
-        reader = reader.option(prefix + "maxBytesPerTrigger", str(stream_cfg["max_bytes_per_trigger"]))
+    if stream.max_files_per_trigger:
+        reader = reader.option(prefix + "maxFilesPerTrigger", str(stream.max_files_per_trigger))
+    if stream.max_bytes_per_trigger:
+        reader = reader.option(prefix + "maxBytesPerTrigger", str(stream.max_bytes_per_trigger))
     if kind == "binaryFile":  # Auto Loader keeps no age limit unless told (cloudFiles.maxFileAge)
-        reader = reader.option("maxFileAge", stream_cfg.get("max_file_age") or NO_MAX_AGE).option("latestFirst", "false")
+        reader = reader.option("maxFileAge", stream.max_file_age or NO_MAX_AGE).option("latestFirst", "false")
     files = reader.load(images)
     return files if max_bytes is None else files.where(F.col("length") <= F.lit(max_bytes))
 
@@ -132,16 +116,16 @@ _CHECK_SCHEMA = T.StructType([T.StructField(WIDTH, T.IntegerType()), T.StructFie
                               T.StructField(REASON, T.StringType())])
 
 
-def _check_udf(data_cfg: dict):
+def _check_udf(data: DataSettings):
     """Each arrived file checked as ``load`` checks a listed one: extension and size, then its header."""
-    max_bytes = int(data_cfg["max_file_mb"] * 2**20)
+    max_bytes = int(data.max_file_mb * 2**20)
 
     @F.pandas_udf(_CHECK_SCHEMA)
     def check(paths: pd.Series, sizes: pd.Series, contents: pd.Series) -> pd.DataFrame:
         rows = []
         for path, size, content in zip(paths, sizes, contents):
-            why = listing.file_reason(path, int(size), data_cfg["extensions"], max_bytes, data_cfg["max_file_mb"])
-            rows.append((None, None, why) if why else imglib.inspect_header(content, data_cfg["max_pixels"]))
+            why = listing.file_reason(path, int(size), data.extensions, max_bytes, data.max_file_mb)
+            rows.append((None, None, why) if why else imglib.inspect_header(content, data.max_pixels))
         return pd.DataFrame(rows, columns=_CHECK_SCHEMA.fieldNames()).astype({WIDTH: "Int32", HEIGHT: "Int32"})
 
     return check
@@ -261,21 +245,18 @@ def _rejected_rows(spark: SparkSession, rows: list[tuple], root: str) -> DataFra
 class BatchSink:
     """``foreachBatch``: one micro-batch predicted and committed exactly once (see the module docstring)."""
 
-    def __init__(self, model_dir: str, model_name: str, root: str, out: str, cfg: dict, runtime: dict,
-                 checkpoint: str):
+    def __init__(self, model_dir: str, model_name: str, root: str, out: str, cfg: Settings, checkpoint: str):
         self.model_dir, self.model_name, self.root, self.checkpoint = model_dir, model_name, root, checkpoint
         self.app_id = "sparkvision-" + hashlib.sha256(checkpoint.encode()).hexdigest()[:16]  # the same on restarts
-        self.lay, self.cfg, self.runtime = StreamLayout(out), cfg, runtime
+        self.lay, self.cfg = StreamLayout(out), cfg
         self._model = None
         self._query_id = None
         self._reported: set[str] | None = None  # unlisted files already in a committed batch (read once)
 
     def model(self):
         if self._model is None:
-            from sparkvision.stages.predict import load_model
-
             self._model = load_model(self.model_dir)
-            self._model.stages[0].setParams(**self.runtime)
+            self._model.stages[0].setParams(**self.cfg.featurize.to_params())  # this run's engine, batch ...
         return self._model
 
     def query(self) -> str | None:
@@ -292,16 +273,13 @@ class BatchSink:
                                      f"query {self.query()} (checkpoint {self.checkpoint})")
             log.info("stream: batch %d was committed before a restart; skipped", batch_id)
             return
-        from sparkvision.stages.pipeline import featurize_partitions
-        from sparkvision.stages.predict import predicted
-
         started = time.time()
         # One pass over the files: each is checked (extension, size, header) and, where the check passes, its
         # bytes go on to the network in the same task; a failed check's bytes are nulled, so the featurizer
         # rejects the row at once and the check's reason is the one recorded. The network's output (no image
         # bytes) is cached once for both tables. Featurize tasks as `predict` makes them (two per core): the
         # source's splits of ~30 files each would pay the network UDF's per-task cost thirty times a batch.
-        check = _check_udf(self.cfg["data"])(F.col("path"), F.col("length"), F.col("content"))
+        check = _check_udf(self.cfg.data)(F.col("path"), F.col("length"), F.col("content"))
         rows = batch.select(image_id(F.col("path"), self.root).alias(IMAGE_ID), F.col("path").alias(PATH),
                             F.col("modificationTime").alias(ARRIVED), check.alias("_check"), F.col("content"))
         usable = rows.select(
@@ -326,24 +304,24 @@ class BatchSink:
     def _unread(self, predictions: DataFrame, rejected: DataFrame, batch_id: int) -> list[tuple[tuple, str]]:
         """Rejected rows for the files the source listed in this batch but the scan did not read: zero bytes
         (Spark reads none), larger than ``data.max_file_mb`` (filtered before their bytes), vanished."""
-        listed = source_files(self.checkpoint, batch_id) if source_kind(self.cfg["stream"]["source"]) == "binaryFile" else None
+        listed = source_files(self.checkpoint, batch_id) if source_kind(self.cfg.stream.source) == "binaryFile" else None
         rows = []
         if listed:  # the paths of both outputs, from the cached network output: no file is read again
             read = {_normal(r[PATH]) for r in predictions.select(PATH).unionByName(rejected.select(PATH)).collect()}
-            data = self.cfg["data"]
+            data = self.cfg.data
             for path in sorted(set(listed) - read):
                 size = storage.size(path)
                 why = ("empty file (0 bytes): Spark's file source does not read it" if size == 0 else
                        "listed by the stream but not read (it vanished or could not be read)" if size is None else
-                       listing.file_reason(path, size, data["extensions"], int(data["max_file_mb"] * 2**20),
-                                           data["max_file_mb"])
+                       listing.file_reason(path, size, data.extensions, int(data.max_file_mb * 2**20),
+                                           data.max_file_mb)
                        or "listed by the stream but not read (it vanished or could not be read)")
                 rows.append(((path, path, why, _ms_to_time(listed[path])), path))
         return rows
 
     def unlisted_rows(self) -> list[tuple[tuple, str]]:
         """Rejected rows for the files Spark's source never lists (hidden names) not in a committed batch yet."""
-        if not self.cfg["stream"].get("report_unlisted", True) or not storage.is_dir(self.root):
+        if not self.cfg.stream.report_unlisted or not storage.is_dir(self.root):
             return []
         if self._reported is None:
             self._reported = {p for c in commit_records(self.lay) for p in c.get("unlisted", ())}
@@ -358,7 +336,7 @@ class BatchSink:
             observed[name] = Observation(f"sparkvision_stream_{name}_{batch_id}")
             df = df.observe(observed[name], F.count(F.lit(1)).alias("n"),
                             F.max(F.col(PROCESSED).cast("double") - F.col(ARRIVED).cast("double")).alias("lag"))
-            write_partition(self.lay, name, df, batch_id, self.cfg["stream"]["format"], self.app_id)
+            write_partition(self.lay, name, df, batch_id, self.cfg.stream.format, self.app_id)
         done = {name: o.get for name, o in observed.items()}
         counts = {"predicted": done["predictions"]["n"], "rejected": done["rejected"]["n"],
                   "max_lag_s": done["predictions"]["lag"] or 0.0}
@@ -415,7 +393,7 @@ def sweep_unlisted(spark: SparkSession, sink: BatchSink) -> int:
     ids = [int(c["batch_id"]) for c in commit_records(sink.lay)]
     batch_id = min([0] + ids) - 1
     rejected = _rejected_rows(spark, [r for r, _ in hidden], sink.root)
-    write_partition(sink.lay, "rejected", rejected, batch_id, sink.cfg["stream"]["format"], sink.app_id)
+    write_partition(sink.lay, "rejected", rejected, batch_id, sink.cfg.stream.format, sink.app_id)
     counts = {"predicted": 0, "rejected": len(hidden)}
     commit(sink.lay, batch_id, counts, sink.model_name, sink.query(), sink.checkpoint, [p for _, p in hidden])
     log.info("stream: %d files the file source does not list (hidden names) reported as rejected in batch %d",
@@ -450,32 +428,33 @@ def _log_progress(query, seen: int) -> int:
 LISTING_THRESHOLD = "spark.sql.sources.parallelPartitionDiscovery.threshold"
 
 
-def _list_on_driver(spark: SparkSession, images: str, stream_cfg: dict) -> None:
+def _list_on_driver(spark: SparkSession, images: str, stream: StreamSettings) -> None:
     """Each micro-batch of the file source lists its files again; past 32 paths Spark does that in a Spark job
     of one task per file (1,000 tasks, seconds, for every 1,000-file batch). A local folder's files are stat'ed
     on the driver instead, in milliseconds. On an object store the listing job stays (a request per file from
     the driver alone would be slower); Auto Loader lists in its own way."""
-    if source_kind(stream_cfg["source"]) != "binaryFile" or not storage.is_local(images):
+    if source_kind(stream.source) != "binaryFile" or not storage.is_local(images):
         return
-    want = max(int(stream_cfg["max_files_per_trigger"] or 0), 100_000)
+    want = max(int(stream.max_files_per_trigger or 0), 100_000)
     if int(spark.conf.get(LISTING_THRESHOLD, "32")) < want:
         spark.conf.set(LISTING_THRESHOLD, str(want))
 
 
-def run(spark: SparkSession, cfg: dict, model_dir: str, model_name: str, images: str, out: str,
-        trigger: str, checkpoint: str | None = None, timeout: float | None = None, runtime: dict | None = None) -> dict:
-    """Run the stream until it has processed what is there (``available-now``) or until ``timeout`` seconds /
-    a stop (``processing-time``); returns the totals of this run (also in ``OUT/stream.json``)."""
+def run(spark: SparkSession, cfg: Settings, model_dir: str, model_name: str, images: str, out: str,
+        timeout: float | None = None) -> dict:
+    """Run the stream (``stream.*``: trigger, checkpoint, source ...) until it has processed what is there
+    (``available-now``) or until ``timeout`` seconds / a stop (``processing-time``); returns the totals of this
+    run (also in ``OUT/stream.json``)."""
     lay, started = StreamLayout(out), time.time()
     storage.makedirs(lay.commits)
-    checkpoint = checkpoint or lay.checkpoint
+    trigger, checkpoint = cfg.stream.trigger, cfg.stream.checkpoint or lay.checkpoint
     check_same_query(lay, checkpoint)
     clean_leftovers(lay)
-    sink = BatchSink(model_dir, model_name, images, out, cfg, runtime or {}, checkpoint)
+    sink = BatchSink(model_dir, model_name, images, out, cfg, checkpoint)
     sink.model()  # a model that cannot load fails here, before the query starts
-    _list_on_driver(spark, images, cfg["stream"])
-    max_bytes = int(cfg["data"]["max_file_mb"] * 2**20)
-    query = (read_stream(spark, images, cfg["stream"], max_bytes).writeStream.queryName("sparkvision_stream")
+    _list_on_driver(spark, images, cfg.stream)
+    max_bytes = int(cfg.data.max_file_mb * 2**20)
+    query = (read_stream(spark, images, cfg.stream, max_bytes).writeStream.queryName("sparkvision_stream")
              .option("checkpointLocation", checkpoint)
              .trigger(**parse_trigger(trigger)).foreachBatch(sink).start())
     log.info("stream: query %s watching %s (trigger %s, checkpoint %s)", query.id, images, trigger, checkpoint)

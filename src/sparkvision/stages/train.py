@@ -20,23 +20,32 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-
-from pyspark import StorageLevel
+import pandas as pd
+from pyspark import StorageLevel, TaskContext
 from pyspark.ml import PipelineModel
 from pyspark.ml.classification import LogisticRegression, LogisticRegressionModel
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator
 from pyspark.ml.feature import IndexToString
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
-from pyspark.sql import DataFrame
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from threadpoolctl import threadpool_limits
 
-from sparkvision.ml import local_lr
-from sparkvision.columns import FEATURES, FOLD, IMAGE_ID, LABEL_INDEX, PREDICTED_LABEL, PREDICTION
+from sparkvision.columns import FEATURES, FOLD, IMAGE_ID, LABEL_INDEX, PREDICTED_LABEL, PREDICTION, SPLIT
 from sparkvision.columns import LABEL as LABEL_NAME
+from sparkvision.ml import local_lr
 from sparkvision.ml.featurizer import DeepImageFeaturizer
-from sparkvision.run.spark import default_parallelism, driver_heap_bytes, is_remote
-from sparkvision.run.split import assign_folds
+from sparkvision.ml.logistic import LogisticModel
+from sparkvision.run import provenance, storage
+from sparkvision.run.layout import RunLayout
+from sparkvision.run.spark import default_parallelism, describe_jobs, driver_heap_bytes, is_remote
+from sparkvision.run.split import TRAIN, assign_folds, split_report, stratified_split
+from sparkvision.settings import Settings, TrainSettings
+from sparkvision.stages.load import classes_of
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("sparkvision")  # the stage's progress lines, under the CLI's name
 
 LABEL = LABEL_INDEX
 ROWS_PER_PARTITION = 20_000
@@ -45,7 +54,7 @@ CACHE_BYTES_PER_PARTITION = 64 * 2**20
 
 @dataclass
 class TuningResult:
-    model: "LogisticRegressionModel | LogisticModel"  # noqa: F821 - Spark's (engine spark) or ours (local)
+    model: LogisticRegressionModel | LogisticModel  # Spark's (engine spark) or ours (local)
     best_params: dict
     grid: list[dict]           # one entry per grid point: params, mean and std of the CV metric
     metric: str
@@ -60,12 +69,12 @@ def make_classifier(n_classes: int, standardization: bool = False) -> LogisticRe
     )
 
 
-def param_grid(lr: LogisticRegression, train_cfg: dict):
+def param_grid(lr: LogisticRegression, train: TrainSettings):
     return (
         ParamGridBuilder()
-        .addGrid(lr.regParam, [float(v) for v in train_cfg["reg_param"]])
-        .addGrid(lr.elasticNetParam, [float(v) for v in train_cfg["elastic_net_param"]])
-        .addGrid(lr.maxIter, [int(v) for v in train_cfg["max_iter"]])
+        .addGrid(lr.regParam, [float(v) for v in train.reg_param])
+        .addGrid(lr.elasticNetParam, [float(v) for v in train.elastic_net_param])
+        .addGrid(lr.maxIter, [int(v) for v in train.max_iter])
         .build()
     )
 
@@ -78,7 +87,7 @@ def _point(params) -> dict:
     return {PARAM_NAMES[p.name]: v for p, v in params.items()}
 
 
-def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningResult:
+def tune(train_features: DataFrame, n_classes: int, train: TrainSettings) -> TuningResult:
     """Cross-validate the grid on ``train_features`` (never the test rows) and refit the best point.
 
     ``train.tuning``: ``local`` scores every (grid point, fold) in its own Spark task with
@@ -87,18 +96,18 @@ def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningRe
     features fit ``train.local_max_mb`` (and, over Spark Connect, :data:`CONNECT_LOCAL_MAX_BYTES`).
     """
     started = time.time()
-    lr = make_classifier(n_classes, train_cfg["standardization"])
-    grid = param_grid(lr, train_cfg)
-    data = assign_folds(train_features.select(IMAGE_ID, LABEL_NAME, LABEL, FEATURES), train_cfg["folds"],
-                        train_cfg["seed"])
+    lr = make_classifier(n_classes, train.standardization)
+    grid = param_grid(lr, train)
+    data = assign_folds(train_features.select(IMAGE_ID, LABEL_NAME, LABEL, FEATURES), train.folds,
+                        train.seed)
     # Rows per class in one pass over the source (the cache's level depends on the engine they decide).
     per_class = [r["count"] for r in data.groupBy(LABEL).count().collect()]
     rows = sum(per_class)
     dim = len(data.select(FEATURES).first()[FEATURES]) if rows else 0
-    engine = train_cfg["tuning"]
+    engine = train.tuning
     if engine == "auto":
         spark = data.sparkSession
-        engine = "local" if local_fits(rows, dim, train_cfg, is_remote(spark), driver_heap_bytes(spark)) else "spark"
+        engine = "local" if local_fits(rows, dim, train, is_remote(spark), driver_heap_bytes(spark)) else "spark"
     # LR runs one Spark job per iteration: for small data, task overhead dominates, so use few partitions;
     # but no partition's cached features over CACHE_BYTES_PER_PARTITION (two 25,000-row partitions of
     # 1280-wide features exhausted a 1 GB heap while being cached).
@@ -107,17 +116,17 @@ def tune(train_features: DataFrame, n_classes: int, train_cfg: dict) -> TuningRe
                 math.ceil(rows * dim * 8 / CACHE_BYTES_PER_PARTITION))
     data = data.coalesce(max(1, parts)).persist(_cache_level(engine))
     min_class = min(per_class)
-    if min_class < train_cfg["folds"]:
-        log.warning("smallest class has %d training rows, fewer than %d folds", min_class, train_cfg["folds"])
-    log.info("tuning %d grid points x %d folds on %d training rows (%s)", len(grid), train_cfg["folds"], rows, engine)
-    tuned = (_tune_local if engine == "local" else _tune_spark)(lr, grid, data, n_classes, train_cfg)
+    if min_class < train.folds:
+        log.warning("smallest class has %d training rows, fewer than %d folds", min_class, train.folds)
+    log.info("tuning %d grid points x %d folds on %d training rows (%s)", len(grid), train.folds, rows, engine)
+    tuned = (_tune_local if engine == "local" else _tune_spark)(lr, grid, data, n_classes, train)
     data.unpersist()
     model, rows_out = tuned
     best_params = {
         "reg_param": model.getRegParam(), "elastic_net_param": model.getElasticNetParam(),
         "max_iter": model.getMaxIter(),
     }
-    return TuningResult(model, best_params, rows_out, train_cfg["metric"], time.time() - started, engine)
+    return TuningResult(model, best_params, rows_out, train.metric, time.time() - started, engine)
 
 
 def _cache_level(engine: str) -> StorageLevel:
@@ -129,12 +138,12 @@ def _cache_level(engine: str) -> StorageLevel:
     return StorageLevel.DISK_ONLY if engine == "spark" else StorageLevel.MEMORY_AND_DISK
 
 
-def _tune_spark(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):
-    evaluator = MulticlassClassificationEvaluator(labelCol=LABEL, metricName=train_cfg["metric"])
+def _tune_spark(lr, grid, data: DataFrame, n_classes: int, train: TrainSettings):
+    evaluator = MulticlassClassificationEvaluator(labelCol=LABEL, metricName=train.metric)
     # Small fits are latency-bound (a Spark job per iteration): run the grid points concurrently.
     cv = CrossValidator(
         estimator=lr, estimatorParamMaps=grid, evaluator=evaluator, foldCol=FOLD,
-        numFolds=train_cfg["folds"], seed=train_cfg["seed"], parallelism=len(grid),
+        numFolds=train.folds, seed=train.seed, parallelism=len(grid),
     )
     cv_model = cv.fit(data)
     rows = [{**_point(params), "mean": mean, "std": std}
@@ -153,29 +162,24 @@ CONNECT_LOCAL_MAX_BYTES = 64 * 2**20
 DRIVER_HEAP_SHARE = 8
 
 
-def local_fits(rows: int, dim: int, train_cfg: dict, remote: bool, heap_bytes: int | None = None) -> bool:
+def local_fits(rows: int, dim: int, train: TrainSettings, remote: bool, heap_bytes: int | None = None) -> bool:
     """Whether the in-process engine may take training features of ``rows x dim``: within
     ``train.local_max_mb`` (counted as float64), within :data:`CONNECT_LOCAL_MAX_BYTES` over Spark Connect,
     and with the float32 matrix within ``heap_bytes / DRIVER_HEAP_SHARE`` of the driver's heap where known."""
     size = rows * dim * 8
-    if size > train_cfg["local_max_mb"] * 2**20:
+    if size > train.local_max_mb * 2**20:
         return False
     if remote:
         return size // 2 <= CONNECT_LOCAL_MAX_BYTES
     return heap_bytes is None or size // 2 <= heap_bytes // DRIVER_HEAP_SHARE
 
 
-def _tune_local(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):
+def _tune_local(lr, grid, data: DataFrame, n_classes: int, train: TrainSettings):
     """One Spark task per (grid point, fold) scores the point with the in-process solver; the winner is
     solved once more on all training rows, here, and becomes the model (:class:`sparkvision.ml.logistic.LogisticModel`).
 
     The same code runs on classic Spark and over Spark Connect: the tasks are a small DataFrame, the
     training arrays go with the scoring function (PySpark broadcasts a large function itself)."""
-    import pandas as pd
-    from pyspark.ml.functions import vector_to_array
-
-    from sparkvision.ml.logistic import LogisticModel
-
     # In image_id order: the solver's sums then do not depend on how the rows were partitioned.
     # Through Arrow into NumPy (not Row objects: a Python float per feature is ~6 times the bytes).
     collected = (data.select(IMAGE_ID, vector_to_array(FEATURES, "float32").alias("x"), LABEL, FOLD)
@@ -186,22 +190,18 @@ def _tune_local(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):
     fold = collected[FOLD].to_numpy(dtype=np.int64)
     del collected
     points = [_point(params) for params in grid]
-    folds, metric, standardize = train_cfg["folds"], train_cfg["metric"], train_cfg["standardization"]
+    folds, metric, standardize = train.folds, train.metric, train.standardization
 
     def score(batches):
-        from pyspark import TaskContext
-
-        from sparkvision.ml.local_lr import fit, metric as metric_of
-
         ctx = TaskContext.get()
         for batch in batches:
             out = []
             for point, k in zip(batch["point"], batch["fold"]):
                 p = points[point]
                 with _blas_threads(ctx.cpus() if ctx else 1):
-                    model = fit(x[fold != k], y[fold != k], n_classes, p["reg_param"], p["elastic_net_param"],
+                    model = local_lr.fit(x[fold != k], y[fold != k], n_classes, p["reg_param"], p["elastic_net_param"],
                                 p["max_iter"], standardize)
-                    value = metric_of(metric, y[fold == k], model.probabilities(x[fold == k].astype(np.float64)))
+                    value = local_lr.metric(metric, y[fold == k], model.probabilities(x[fold == k].astype(np.float64)))
                 out.append((int(point), int(k), float(value)))
             yield pd.DataFrame(out, columns=["point", "fold", "value"])
 
@@ -225,11 +225,6 @@ def _tune_local(lr, grid, data: DataFrame, n_classes: int, train_cfg: dict):
 @contextmanager
 def _blas_threads(n: int):
     """Bound NumPy's BLAS pool to the task's cores (oversubscribed OpenBLAS threads spin)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        yield
-        return
     with threadpool_limits(limits=max(1, n), user_api="blas"):
         yield
 
@@ -244,3 +239,46 @@ def classify_features(model: PipelineModel, features: DataFrame) -> DataFrame:
     """Apply everything after the featurizer: for rows whose features are already computed."""
     return PipelineModel(stages=model.stages[1:]).transform(features)
 
+
+
+def stage_train(spark: SparkSession, cfg: Settings) -> dict:
+    """``sparkvision train``: ``features.parquet`` -> ``split.parquet`` + ``model/`` (``split.*``, ``train.*``)."""
+    describe_jobs(spark, "train")
+    lay = RunLayout(cfg.output.dir)
+    featurized = provenance.check_inputs(lay, "train")
+    fp = provenance.fingerprint("train", featurized["fingerprint"], cfg.split.to_dict(), cfg.train.to_dict())
+    marker = provenance.marker("train", fp)
+    features = spark.read.parquet(lay.features)
+    classes = classes_of(features)
+    s = cfg.split
+    assigned = stratified_split(features, s.test_fraction, s.validation_fraction, s.seed)
+    split_tmp = storage.staged_parquet(assigned.select(IMAGE_ID, LABEL_NAME, SPLIT), lay.split, marker=marker)
+    model_tmp = None
+    try:
+        split = spark.read.parquet(split_tmp)
+        report = split_report(split)
+        train_rows = features.join(split.filter(F.col(SPLIT) == TRAIN), [IMAGE_ID, LABEL_NAME])
+        counts = {r[LABEL]: r["count"] for r in train_rows.groupBy(LABEL).count().collect()}
+        majority = max(sorted(counts), key=lambda k: counts[k])
+        result = tune(train_rows, len(classes), cfg.train)
+        featurizer = DeepImageFeaturizer.load(lay.featurizer)
+        model_tmp = storage.save_ml(assemble(featurizer, result.model, classes), lay.model, marker)
+        storage.replace_with(split_tmp, lay.split)
+        storage.replace_with(model_tmp, lay.model)
+    finally:
+        for tmp in (split_tmp, model_tmp):
+            if tmp:
+                storage.delete(tmp)
+    summary = {
+        "classes": classes,
+        "split": report,
+        "majority_class": majority,
+        "tuning": {"metric": result.metric, "folds": cfg.train.folds, "engine": result.engine, "grid": result.grid,
+                   "best_params": result.best_params, "seconds": result.seconds},
+        "fingerprint": fp,
+        "inputs": {"featurize": featurized["fingerprint"]},
+    }
+    storage.write_json(lay.train, summary)
+    progress.info("train: best %s (%s CV, %s engine, %.1f s); model saved to %s", result.best_params, result.metric,
+                  result.engine, result.seconds, lay.model)
+    return summary

@@ -35,8 +35,8 @@ def _bn_weights(sd, prefix: str) -> list[np.ndarray]:
 
 def build_from_state_dict(sd, input_size: int, include_top: bool = False, name: str = "efficientnet_lite"):
     """Return a Keras model (global-average-pooled features, or ImageNet logits with ``include_top``)."""
-    import keras
-    from keras import layers
+    import keras  # optional
+    from keras import layers  # optional
 
     n_blocks = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"_blocks\.(\d+)\.", k)))
     inputs = keras.Input((input_size, input_size, 3), name="image")
@@ -181,7 +181,7 @@ def preprocess_input(x):
 
     NumPy in, NumPy out; a backend tensor (the featurizer runs this inside its graph) stays one.
     """
-    import keras
+    import keras  # optional
 
     if not keras.ops.is_tensor(x):
         x = np.asarray(x, dtype=np.float32)

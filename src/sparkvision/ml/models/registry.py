@@ -10,6 +10,11 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
+from sparkvision.ml.models import efficientnet_lite
+from sparkvision.ml.models.torch_legacy import load_legacy_state_dict
+
 @dataclass(frozen=True)
 class WeightsSource:
     """Where a model's weights come from when no local file is given."""
@@ -89,7 +94,7 @@ def _resolve(dotted: str) -> Callable:
 def build_keras_application(spec: ModelSpec, weights_path: str | None):
     """Build a ``keras.applications`` model without its top, average-pooled (or, for the classifier, with
     its softmax top), then load weights."""
-    import keras
+    import keras  # optional
 
     constructor = getattr(keras.applications, spec.base_name)  # registry names are Keras class names
     shape = (spec.input_size, spec.input_size, 3)
@@ -103,13 +108,11 @@ def build_keras_application(spec: ModelSpec, weights_path: str | None):
 
 
 def build_efficientnet_lite(spec: ModelSpec, weights_path: str | None):
-    from sparkvision.ml.models import efficientnet_lite
-
     if weights_path is None:
         raise ValueError(f"{spec.name} is rebuilt from its checkpoint: it needs a weights file")
     model = efficientnet_lite.build(weights_path, spec.input_size, include_top=spec.include_top, name=spec.name)
     if spec.include_top:  # the checkpoint's head gives logits; the classifier's contract is probabilities
-        import keras
+        import keras  # optional
 
         model = keras.Model(model.input, keras.layers.Softmax(name="probabilities")(model.output), name=spec.name)
     return model
@@ -119,8 +122,7 @@ def check_keras_weights(spec: ModelSpec, path) -> None:
     """The file must be HDF5 whose arrays, by their declared shapes, are no larger than the model's own
     weights (checked before any array is read: a crafted file cannot make Keras allocate gigabytes),
     and must then load into the model built with random weights."""
-    import h5py
-    import numpy as np
+    import h5py  # optional (keras')
 
     model = spec.build(None)
     allowed = 2 * sum(int(np.prod(w.shape)) * 4 for w in model.weights) + 2**20  # float32, with room
@@ -148,9 +150,6 @@ def check_keras_weights(spec: ModelSpec, path) -> None:
 
 def check_efficientnet_lite_weights(spec: ModelSpec, path) -> None:
     """The file must be a sound legacy checkpoint of an EfficientNet-Lite with this spec's feature width."""
-    from sparkvision.ml.models import efficientnet_lite
-    from sparkvision.ml.models.torch_legacy import load_legacy_state_dict
-
     sd = load_legacy_state_dict(path)
     features = efficientnet_lite.check_state_dict(sd, str(path), include_top=spec.include_top)
     if spec.include_top:

@@ -1,6 +1,8 @@
-"""A user's model (a Keras file, a SavedModel folder) carried to the Python workers inside the UDF, as sparkdl
-shipped its frozen graph: the workers need no shared filesystem, and each loads it once per process.
+"""What the compat modules share: the warning they give where they differ from sparkdl, the session and a
+task's cores, and the user's model carried to the Python workers (:class:`ShippedModel`).
 
+A user's model (a Keras file, a SavedModel folder) travels to the workers inside the UDF, as sparkdl
+shipped its frozen graph: the workers need no shared filesystem, and each loads it once per process.
 The driver reads the file (a SavedModel folder as an uncompressed tar) and pins its sha256; a worker keeps
 the models it loaded keyed by ``(origin, sha256)``, so a changed file is a new model, loaded afresh, and an
 unchanged one is never loaded twice. PySpark broadcasts a UDF's pickled command once it is large, so a big
@@ -20,7 +22,28 @@ import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
-from sparkvision.ml.network import configure_tensorflow
+from pyspark import TaskContext
+from pyspark.sql import SparkSession
+
+from sparkvision.ml.graph import configure_tensorflow
+
+
+class SparkdlCompatWarning(UserWarning):
+    """Where the compat layer behaves differently from sparkdl."""
+
+
+def active_spark() -> SparkSession:
+    """The active session, else a new (or the default) one."""
+    return SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
+
+
+def task_threads() -> int:
+    """The cores of the Spark task running this code (1 outside a task)."""
+    ctx = TaskContext.get()
+    return ctx.cpus() if ctx else 1
+
+
+# ---- the user's model, shipped to the workers -----------------------------------------------------------
 
 MAX_WORKER_MODELS = 2
 _LOADED: "OrderedDict[tuple[str, str], object]" = OrderedDict()
@@ -88,7 +111,7 @@ class ShippedModel:
 
     def _load(self):
         if self.kind == "keras":
-            import keras
+            import keras  # optional
 
             with tempfile.TemporaryDirectory(prefix="sparkvision-model-") as tmp:
                 path = os.path.join(tmp, "model" + self.suffix)
@@ -97,7 +120,7 @@ class ShippedModel:
                     return keras.saving.load_model(path, compile=False)
                 except Exception as exc:  # Keras reports a bad file as almost anything
                     raise ValueError(f"cannot load the Keras model {self.origin}: {exc}") from exc
-        import tensorflow as tf
+        import tensorflow as tf  # optional
 
         folder = tempfile.mkdtemp(prefix="sparkvision-savedmodel-")  # kept while loaded: assets may be read later
         atexit.register(shutil.rmtree, folder, True)

@@ -228,7 +228,8 @@ def test_the_logged_engine_and_precision_are_the_ones_featurize_json_says_ran(tm
     storage.write_json(lay.featurize, {"model": "efficientnet_lite0", "weights_sha256": "0" * 64, "feature_dim": 1280,
                                        "engine": engine, "precision": precision, "images_per_second": 9.5})
     mlflow = server.mlflow_for(cfg)
-    with mlflow.start_run() as run:
+    experiment = mlflow.create_experiment("engines", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
         tracking.LOGGERS["featurize"](mlflow, None, cfg, lay, {})
     params = mlflow.MlflowClient().get_run(run.info.run_id).data.params
     ran = json.loads((tmp_path / "run" / "featurize.json").read_text())

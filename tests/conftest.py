@@ -122,24 +122,3 @@ def bundle_copy(tmp_path) -> Path:
     return dest
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for servers the tests start)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, seconds: float) -> bool:
-    """Whether something listens on 127.0.0.1:``port`` within ``seconds``."""
-    import socket
-    import time
-
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return True
-        time.sleep(0.2)
-    return False

@@ -6,12 +6,32 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_for_port
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, seconds: float) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` within ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False
+
 
 #: ImageNet top-1 classes the darknet sample photos show (tests/fetch_photos.sh)
 EXPECTED_TOP1 = {"dog.jpg": range(151, 269), "eagle.jpg": range(21, 24), "giraffe.jpg": [340]}  # the zebra in it

@@ -111,6 +111,7 @@ def test_no_decoded_image_is_ever_broken_where_sparks_source_passes_a_truncated_
     assert ours.count() == 0
 
 
+@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
 def test_sample_ratio_partitions_and_arguments(spark, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()

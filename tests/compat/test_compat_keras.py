@@ -1,6 +1,5 @@
 """sparkvision.compat.sparkdl's Keras and TensorFlow transformers and registerKerasImageUDF, on tiny models."""
 
-import warnings
 
 import numpy as np
 import pytest
@@ -213,6 +212,7 @@ def image_structs(spark):
     return spark.createDataFrame(rows, f"id int, image {sparkdl.IMAGE_SCHEMA.simpleString()}"), rgb
 
 
+@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
 def test_registered_udf_runs_in_sql(spark, image_structs, model_file):
     path, model = model_file
     df, rgb = image_structs
@@ -226,6 +226,7 @@ def test_registered_udf_runs_in_sql(spark, image_structs, model_file):
                               ignore_row_order=True)
 
 
+@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
 def test_registered_udf_with_a_preprocessor_and_a_model_object(spark, image_structs):
     df, rgb = image_structs
     model = _image_model(seed=4)

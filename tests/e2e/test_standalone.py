@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
-from conftest import free_port
+from helpers import free_port
 from pyspark.sql import functions as F
 
 from sparkvision.run import auth

@@ -74,6 +74,7 @@ def test_bf16_close_to_fp32(lite0, engine_cache, pixels, reference):
     assert np.abs(features - reference).max() > 1e-6  # it did run in bf16: not bitwise fp32
 
 
+@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
 @needs_onnx
 def test_export_once_verified_and_redone_when_changed(lite0, engine_cache, caplog):
     spec, weights = lite0
@@ -162,6 +163,7 @@ def test_featurizer_engine_params_validated_and_persisted(spark, tmp_path):
     assert params["engine"] == "onnxruntime"
 
 
+@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
 @needs_onnx
 def test_pipeline_saved_with_one_engine_predicts_with_another(spark, digits_small, tmp_path):
     from pyspark.ml import Pipeline

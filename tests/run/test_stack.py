@@ -1,6 +1,5 @@
 """The run-time stack: the ranges come from the wheel's `stack` extra, and a job refuses to start outside them."""
 
-import pytest
 from packaging.requirements import Requirement
 
 from sparkvision import cli

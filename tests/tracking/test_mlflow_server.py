@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import free_port, wait_for_port
+from helpers import free_port, wait_for_port
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'sparkvision[mlflow]')")
 

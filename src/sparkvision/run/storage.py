@@ -21,7 +21,6 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
-from sparkvision.errors import OutputLocked  # noqa: F401 - its old home (raised by sparkvision.run.locks)
 from sparkvision.run import faults
 from sparkvision.run.layout import MARKER, join
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
-from helpers import NO_JVM_CLIENT, _env, connect_server  # noqa: F401 - connect_server is a fixture
+from helpers import NO_JVM_CLIENT, _env
 from pyspark.sql import functions as F
 
 pytestmark = [pytest.mark.slow]

@@ -20,7 +20,7 @@ from sparkvision.run import locks, storage
 from sparkvision.run.layout import RunLayout
 
 # The S3 server and bucket of the storage tests (pytest finds fixtures imported into a module).
-from helpers import BUCKET, s3, s3_server  # noqa: F401
+from helpers import BUCKET
 
 OTHER_HOST = "driver-that-died"
 

@@ -17,7 +17,7 @@ from sparkvision.run import storage
 from sparkvision.run.layout import RunLayout
 
 # The S3 server and bucket of the storage tests (pytest finds fixtures imported into a module).
-from helpers import BUCKET, _keys, s3, s3_server  # noqa: F401
+from helpers import BUCKET, _keys
 
 OLD = {"part-0": b"old 0", "part-1": b"old 1", "_sparkvision.json": b"{\"fingerprint\": \"old\"}"}
 NEW = {"part-0": b"new 0", "_sparkvision.json": b"{\"fingerprint\": \"new\"}"}

@@ -24,7 +24,7 @@ from sparkvision.run import report_html
 from sparkvision.columns import (
     CONFIDENCE, CONTENT, IMAGE_ID, LABEL, LABEL_INDEX, PATH, PREDICTED_LABEL, PREDICTION, PROBABILITY,
 )
-from helpers import NO_JVM_CLIENT, _env, connect_server  # noqa: F401 - connect_server is a fixture
+from helpers import NO_JVM_CLIENT, _env
 
 HOSTILE_CLASS = "<script>alert(1)</script>"
 HOSTILE_ID = 'dir/"quoted"&<b>.jpg'

@@ -11,7 +11,7 @@ import json
 import subprocess
 
 import pytest
-from helpers import BUCKET, _keys, s3, s3_server  # noqa: F401 - fixtures
+from helpers import BUCKET, _keys
 
 from sparkvision.run import locks, storage
 from sparkvision.run.layout import MARKER, EvaluationLayout, RunLayout

@@ -1,0 +1,2 @@
+"""The pipeline's stages, one module each (load, featurize, train, evaluate, predict, stream); ``pipeline``
+composes them."""

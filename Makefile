@@ -47,7 +47,7 @@ photos:
 # The suite people run often (a few minutes); test-slow: the standalone cluster with a worker killed, the
 # football experiment, the sparkdl recipes, all three EfficientNet-Lite checks (CI runs both).
 test: setup photos
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m "not slow" --durations=10
 
 test-slow: setup photos
 	$(VENV)/bin/pytest -m slow --durations=12

@@ -18,7 +18,7 @@ from sparkvision.compat.sparkdl import SparkdlCompatWarning
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_read_images_matches_sparks_own_image_source(spark, digits_small):
     """For lossless PNGs, readImages' struct is byte-for-byte what spark.read.format('image') gives."""
     folder = str(digits_small / "7")
@@ -65,7 +65,7 @@ def test_featurizer_accepts_old_names_and_warns_once_about_differences():
         sparkdl.DeepImageFeaturizer(modelName="Inception")
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_struct_input_gives_the_same_features_as_encoded_bytes(spark, digits_small):
     from sparkvision.ml.featurizer import DeepImageFeaturizer
 

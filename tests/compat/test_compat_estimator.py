@@ -62,7 +62,7 @@ def _accuracy(df) -> float:
     return float(np.mean([np.argmax(r.p) == r.label for r in rows]))
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_fit_trains_streams_and_the_model_persists(spark, blobs, tmp_path):
     df, head = blobs
     bad = spark.createDataFrame([(str(tmp_path / "missing.npy"), 0.0, Vectors.dense([1.0, 0.0]))], df.schema)
@@ -82,6 +82,7 @@ def test_fit_trains_streams_and_the_model_persists(spark, blobs, tmp_path):
     assert_approx_df_equality(got, expected, 1e-6, ignore_row_order=True)
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_the_starting_model_file_is_not_changed_and_numeric_labels_work(spark, blobs):
     df, head = blobs
     before = Path(head).read_bytes()
@@ -98,7 +99,7 @@ def test_the_starting_model_file_is_not_changed_and_numeric_labels_work(spark, b
         model.write()
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_cross_validator_tunes_keras_fit_params(spark, blobs):
     df, head = blobs
     est = _estimator(head)

@@ -66,6 +66,7 @@ def test_schema_facts_are_sparks_own(spark):
     assert ImageSchema.undefinedImageType == Sparks.undefinedImageType == "Undefined"
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_read_images_equals_sparks_image_source_for_lossless_files(spark, mixed):
     """Gray, BGR and BGRA structs: byte for byte what spark.read.format('image') gives for PNGs."""
     ours = _quiet(ImageSchema.readImages, str(mixed))
@@ -80,6 +81,7 @@ def test_read_images_equals_sparks_image_source_for_lossless_files(spark, mixed)
     assert channels["gray.png"] == (1, 0) and channels["rgb.png"] == (3, 16) and channels["rgba.png"] == (4, 24)
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_failures_are_invalid_rows_reported_with_reasons_and_dropped_only_when_asked(spark, mixed):
     with pytest.warns(ImageSchemaCompatWarning, match=r"2 of 6 files are not decodable images") as record:
         images, rejected = ImageSchema.readImagesWithRejects(str(mixed))
@@ -111,7 +113,7 @@ def test_no_decoded_image_is_ever_broken_where_sparks_source_passes_a_truncated_
     assert ours.count() == 0
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_sample_ratio_partitions_and_arguments(spark, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -150,6 +152,7 @@ def test_to_ndarray_and_to_image_round_trip(spark):
         ImageSchema.toNDArray(invalid)
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_read_images_with_custom_fn_matches_read_images_and_keeps_failed_paths(spark, mixed):
     with pytest.warns(SparkdlCompatWarning, match="invalid-image row"):
         custom = imageIO.readImagesWithCustomFn(str(mixed), decode_f=imageIO.PIL_decode, numPartition=2)

@@ -70,6 +70,7 @@ def _expected(spark, keys, outputs, schema):
     return spark.createDataFrame(rows, schema)
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_image_file_transformer_matches_model_predict(spark, pngs, model_file):
     path, model = model_file
     df = spark.createDataFrame([(p,) for p in pngs], "uri string")
@@ -172,6 +173,7 @@ def dense_file(tmp_path_factory):
     return path, model
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_keras_transformer_matches_model_predict(spark, dense_file):
     path, model = dense_file
     x = np.random.default_rng(1).normal(size=(7, 5)).astype(np.float32)
@@ -212,7 +214,7 @@ def image_structs(spark):
     return spark.createDataFrame(rows, f"id int, image {sparkdl.IMAGE_SCHEMA.simpleString()}"), rgb
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_registered_udf_runs_in_sql(spark, image_structs, model_file):
     path, model = model_file
     df, rgb = image_structs
@@ -226,7 +228,7 @@ def test_registered_udf_runs_in_sql(spark, image_structs, model_file):
                               ignore_row_order=True)
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_registered_udf_with_a_preprocessor_and_a_model_object(spark, image_structs):
     df, rgb = image_structs
     model = _image_model(seed=4)

@@ -47,6 +47,7 @@ def test_classifier_variant_is_described_by_the_registry():
     assert resnet.weights.file_hash == "2cb95161c43110f7111970584f804107"  # Keras' include_top md5
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_top1_is_right_and_probabilities_sum_to_one(raw):
     classes = imagenet.classes()
     for name, allowed in EXPECTED_TOP1.items():
@@ -56,6 +57,7 @@ def test_top1_is_right_and_probabilities_sum_to_one(raw):
         assert int(np.argmax(p)) in allowed, f"{name}: predicted {classes[int(np.argmax(p))]}"
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_decoded_predictions_are_the_top_k_of_the_raw_output(spark, photo_bytes, raw):
     decoded = _predictor(decodePredictions=True, topK=3).transform(photo_bytes)
     assert decoded.schema["predicted_labels"].dataType == sparkdl.DECODED_SCHEMA
@@ -68,6 +70,7 @@ def test_decoded_predictions_are_the_top_k_of_the_raw_output(spark, photo_bytes,
                               ignore_row_order=True, ignore_nullable=True)
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_image_structs_give_the_same_top_class(spark, photos, raw):
     from sparkvision.run import images as imglib
 

@@ -51,6 +51,7 @@ def reference(lite0, pixels) -> np.ndarray:
     return np.asarray(engines.build(spec, weights, "tensorflow", threads=2)(pixels))
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 @needs_onnx
 @pytest.mark.parametrize("engine", ONNX_ENGINES)
 def test_fp32_engines_equal_tensorflow(engine, lite0, engine_cache, pixels, reference):
@@ -63,6 +64,7 @@ def test_fp32_engines_equal_tensorflow(engine, lite0, engine_cache, pixels, refe
     np.testing.assert_allclose(predict(pixels[:1]), reference[:1], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 @pytest.mark.skipif(not engines.bf16_supported(), reason="bf16 not supported on this CPU (no AVX512-BF16 or AMX)")
 def test_bf16_close_to_fp32(lite0, engine_cache, pixels, reference):
     """EfficientNet-Lite0 in bf16 measured cosine 0.997-0.9991 to fp32 per image here (0.998 on the football
@@ -74,7 +76,7 @@ def test_bf16_close_to_fp32(lite0, engine_cache, pixels, reference):
     assert np.abs(features - reference).max() > 1e-6  # it did run in bf16: not bitwise fp32
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 @needs_onnx
 def test_export_once_verified_and_redone_when_changed(lite0, engine_cache, caplog):
     spec, weights = lite0
@@ -105,6 +107,7 @@ def test_export_refuses_weights_with_another_checksum(lite0, tmp_path):
         engine_exports.export(spec.name, weights, "0" * 64, ONNX_ENGINES[0], tmp_path)
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 @needs_onnx
 def test_a_worker_on_an_exported_engine_never_imports_tensorflow(lite0, engine_cache, pixels, reference, tmp_path):
     spec, weights = lite0
@@ -163,7 +166,7 @@ def test_featurizer_engine_params_validated_and_persisted(spark, tmp_path):
     assert params["engine"] == "onnxruntime"
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 @needs_onnx
 def test_pipeline_saved_with_one_engine_predicts_with_another(spark, digits_small, tmp_path):
     from pyspark.ml import Pipeline

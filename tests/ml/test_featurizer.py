@@ -43,6 +43,7 @@ def test_spark_features_equal_plain_keras_predict(digits_features):
     np.testing.assert_allclose(spark_features, keras_features, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_inference_graph_is_frozen_and_equals_keras():
     spec = registry.get("efficientnet_lite0")
     model = spec.build(str(resolve_weights(spec)))

@@ -32,6 +32,7 @@ def _frame(spark, x, y):
 @pytest.mark.parametrize("n_classes,reg,alpha,standardization", [
     (3, 0.1, 0.0, False), (3, 0.05, 0.5, False), (3, 0.05, 0.5, True), (2, 0.1, 0.0, False), (2, 0.02, 1.0, True),
 ])
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_local_fit_reaches_spark_optimum(spark, n_classes, reg, alpha, standardization):
     x, y = _blobs(n_classes)
     spark_model = LogisticRegression(
@@ -63,7 +64,7 @@ def _settings(tuning: str, **changes) -> TrainSettings:
                       standardization=False, metric="logLoss", seed=5, tuning=tuning, local_max_mb=64), **changes)
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_local_tuning_agrees_with_crossvalidator(spark):
     x, y = _blobs(3, n=60)
     df = _frame(spark, x, y).cache()
@@ -125,7 +126,7 @@ def test_logistic_model_coefficients_are_one_folded_constant(spark):
     np.testing.assert_allclose(raw, expect, rtol=0, atol=1e-12)
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_auto_falls_back_to_crossvalidator_when_features_do_not_fit(spark):
     x, y = _blobs(2, n=30)
     settings = _settings("auto", reg_param=(0.1,), max_iter=(5,), local_max_mb=1)

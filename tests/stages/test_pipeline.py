@@ -264,7 +264,7 @@ def test_predict_lists_images_the_saved_featurizer_cannot_use(spark, run_dir, di
     assert spark.read.parquet(str(out / "predictions.parquet")).count() == 10
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_output_as_a_file_uri_writes_only_there(spark, run_dir, digits_small, tmp_path, monkeypatch):
     """`--output file:///...` is the folder, for every stage and predict: nothing lands in the working
     directory (a path join of a URI would make a local folder named "file:")."""
@@ -281,7 +281,7 @@ def test_output_as_a_file_uri_writes_only_there(spark, run_dir, digits_small, tm
     assert spark.read.parquet(str(tmp_path / "uri-pred" / "predictions.parquet")).count() == 30
 
 
-@pytest.mark.slow  # over 5 s: in make test-slow, to keep make test within 4 minutes
+@pytest.mark.slow  # over 5 s with its fixtures: in make test-slow, to keep make test within 4 minutes
 def test_undecodable_images_reach_rejected_through_featurize(spark, tmp_path):
     """Decode once: with header validation the load accepts files whose pixels do not decode; featurize's
     decode rejects them into rejected.parquet / rejected.csv with the reason, nothing lost, and a second

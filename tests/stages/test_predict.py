@@ -4,6 +4,7 @@ front of a real classifier, on a few tiny images. The whole command is tested in
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 from PIL import Image
@@ -106,3 +107,27 @@ def test_predictions_table_and_its_files(spark, images, model, tmp_path):
     assert [r["image_id"] for r in rows] == ["deeper/wide.png", "tall.png"]
     assert {"predicted_label", "confidence", "probability"} <= set(rows[0])
     assert spark.read.parquet(out.parquet).count() == 2
+
+
+def test_a_model_saved_before_the_packages_by_role_still_loads(digits_model, tmp_path):
+    """Models saved by earlier versions name their stages' classes by the old modules
+    (``sparkvision.featurizer.DeepImageFeaturizer``); they load as the same classes and params."""
+    old = tmp_path / "model"
+    shutil.copytree(digits_model, old)
+    renamed = 0
+    for meta in old.rglob("metadata/part-*"):
+        text = meta.read_text()
+        before = text.replace('"class":"sparkvision.ml.featurizer.', '"class":"sparkvision.featurizer.')
+        before = before.replace('"class":"sparkvision.ml.logistic.', '"class":"sparkvision.logistic.')
+        renamed += before != text
+        meta.write_text(before)
+    for crc in old.rglob(".part-*.crc"):  # the checksums of the files just rewritten
+        crc.unlink()
+    assert renamed >= 2  # the featurizer's and the classifier's metadata
+    fresh, loaded = pr.load_model(str(digits_model)), pr.load_model(str(old))
+    assert [type(s) for s in loaded.stages] == [type(s) for s in fresh.stages]
+
+    def params(stage):
+        return {p.name: v for p, v in stage.extractParamMap().items()}
+
+    assert [params(s) for s in loaded.stages] == [params(s) for s in fresh.stages]
